@@ -1,0 +1,34 @@
+"""Backbone architecture table (plain data, importable without torch).
+
+Names follow TAO's ``vit-<family>-<size>/<patch>`` scheme. ``vit-mae-nano/8`` is ours: a 4-block ViT small enough to
+train from scratch on a CPU in minutes (the demo default); the others match the public DeiT/MAE sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Size of one ViT variant."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int
+    mlp_ratio: float = 4.0
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "vit-mae-nano/8": ArchSpec(embed_dim=128, depth=4, num_heads=4, patch_size=8),
+    "vit-deit-tiny/16": ArchSpec(embed_dim=192, depth=12, num_heads=3, patch_size=16),
+    "vit-deit-small/16": ArchSpec(embed_dim=384, depth=12, num_heads=6, patch_size=16),
+    "vit-mae-base/16": ArchSpec(embed_dim=768, depth=12, num_heads=12, patch_size=16),
+    "vit-mae-large/16": ArchSpec(embed_dim=1024, depth=24, num_heads=16, patch_size=16),
+    "vit-mae-huge/14": ArchSpec(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
+}
+
+#: AutoML sampling prior over ``model.arch`` (aligned with ``ARCHS`` order): base is the paper's default and best
+#: quality per cost, large is slightly better at ~3x the cost, the small ones are for smoke tests and CPUs.
+ARCH_OPTION_WEIGHTS: list[float] = [0.05, 0.1, 0.15, 0.4, 0.25, 0.05]

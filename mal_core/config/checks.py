@@ -1,0 +1,61 @@
+"""Cross-field checks of a spec for one action (single fields are checked by the loader)."""
+
+from __future__ import annotations
+
+from mal_core.config.experiment import ExperimentConfig
+from mal_core.errors import SpecError
+
+ACTIONS = ("train", "evaluate", "inference")
+
+
+def _need(value: str | None, key: str, what: str) -> None:
+    if not value:
+        raise SpecError(f"{key} is required for this action ({what})", field=key)
+
+
+def check_for_action(cfg: ExperimentConfig, action: str) -> None:
+    """Raise :class:`SpecError` naming the field if ``cfg`` cannot run ``action``."""
+    if action not in ACTIONS:
+        raise SpecError(f"unknown action {action!r}; expected one of {ACTIONS}", field="action")
+    d, t = cfg.dataset, cfg.train
+    if len(t.margin_rate) != 2 or t.margin_rate[0] > t.margin_rate[1] or t.margin_rate[0] < 0:
+        raise SpecError("train.margin_rate must be [low, high] with 0 <= low <= high", field="train.margin_rate")
+    if not t.test_margin_rate or t.test_margin_rate[0] < 0:
+        raise SpecError("train.test_margin_rate must be a non-empty list of non-negative numbers",
+                        field="train.test_margin_rate")
+    if len(t.mask_thres) not in (1, 3) or not all(0.0 <= v < 1.0 for v in t.mask_thres):
+        raise SpecError("train.mask_thres must hold 1 or 3 values in [0, 1)", field="train.mask_thres")
+    if t.crf_value_low_thres >= t.crf_value_high_thres:
+        raise SpecError("train.crf_value_low_thres must be below train.crf_value_high_thres",
+                        field="train.crf_value_low_thres")
+    if len(t.optim_betas) != 2 or not all(0.0 <= b < 1.0 for b in t.optim_betas):
+        raise SpecError("train.optim_betas must be two numbers in [0, 1)", field="train.optim_betas")
+    if len(cfg.model.frozen_stages) not in (1, 2):
+        raise SpecError("model.frozen_stages must be [-1] or [first, last]", field="model.frozen_stages")
+    if not (cfg.results_dir or (action == "train" and t.results_dir)):
+        _need(cfg.results_dir, "results_dir", "where outputs are written")
+    if action == "train":
+        _need(d.train_ann_path, "dataset.train_ann_path", "COCO JSON of the training boxes")
+        _need(d.train_img_dir, "dataset.train_img_dir", "training image folder")
+        if t.warmup_epochs >= t.num_epochs and t.warmup_epochs > 0:
+            raise SpecError(
+                f"train.warmup_epochs ({t.warmup_epochs}) must be below train.num_epochs ({t.num_epochs})",
+                field="train.warmup_epochs",
+            )
+        if t.checkpoint_interval_unit == "epoch" and t.checkpoint_interval > t.num_epochs:
+            raise SpecError(
+                f"train.checkpoint_interval ({t.checkpoint_interval}) exceeds train.num_epochs ({t.num_epochs}): "
+                "no checkpoint would be saved", field="train.checkpoint_interval",
+            )
+        if bool(d.val_ann_path) != bool(d.val_img_dir):
+            raise SpecError("dataset.val_ann_path and dataset.val_img_dir must be given together",
+                            field="dataset.val_ann_path" if not d.val_ann_path else "dataset.val_img_dir")
+    elif action == "evaluate":
+        _need(cfg.evaluate.checkpoint, "evaluate.checkpoint", "the MAL checkpoint to score")
+        _need(d.val_ann_path, "dataset.val_ann_path", "COCO JSON with GT masks")
+        _need(d.val_img_dir, "dataset.val_img_dir", "validation image folder")
+    else:
+        _need(cfg.inference.checkpoint, "inference.checkpoint", "the MAL checkpoint to label with")
+        _need(cfg.inference.ann_path, "inference.ann_path", "COCO JSON of the boxes to label")
+        _need(cfg.inference.img_dir, "inference.img_dir", "image folder")
+        _need(cfg.inference.label_dump_path, "inference.label_dump_path", "output file name")

@@ -1,0 +1,382 @@
+"""The experiment spec: the single source of truth for every MAL parameter.
+
+Field names and defaults follow TAO's MAL config so TAO specs keep working. Each field's metadata (see
+:func:`mal_core.config.fields.param`) feeds codegen (schemas, templates, skill.md tables) and spec validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mal_core.config.archs import ARCH_OPTION_WEIGHTS, ARCHS
+from mal_core.config.fields import param, section
+
+_NO_SEARCH = "a path, device or bookkeeping setting, not a model hyperparameter"
+
+
+@dataclass
+class DatasetConfig:
+    """Where the COCO data lives and how box crops are made."""
+
+    type: str = param(
+        "coco", title="Dataset type", description="Annotation format. Only COCO instances JSON is supported.",
+        options=["coco"], automl_enabled=False, automl_reason=_NO_SEARCH,
+    )
+    train_ann_path: str = param(
+        "", title="Training annotations", popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="COCO JSON with the training boxes (segmentation not needed).",
+    )
+    train_img_dir: str = param(
+        "", title="Training image directory", popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Folder holding the training images named by each image's file_name.",
+    )
+    val_ann_path: str = param(
+        "", title="Validation annotations", popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="COCO JSON with validation boxes and, for a meaningful mIoU, ground-truth masks.",
+    )
+    val_img_dir: str = param(
+        "", title="Validation image directory", popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Folder holding the validation images.",
+    )
+    min_obj_size: float = param(
+        2048.0, title="Minimum object size", minimum=0.0, automl_enabled=False,
+        automl_reason="a data filter; changing it changes the training set, not the model",
+        description="Training keeps boxes whose area w*h is strictly larger than this (pixels).",
+    )
+    max_obj_size: float = param(
+        1e10, title="Maximum object size", minimum=0.0, automl_enabled=False,
+        automl_reason="a data filter; changing it changes the training set, not the model",
+        description="Training keeps boxes whose area w*h is strictly smaller than this (pixels).",
+    )
+    num_workers_per_gpu: int = param(
+        2, title="Data workers per device", minimum=0, maximum=64, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="DataLoader worker processes per device (0 loads in the main process).",
+    )
+    load_mask: bool = param(
+        True, title="Load ground-truth masks",
+        description="Read segmentation masks from the validation JSON to score mIoU. Training never uses masks. "
+        "Alias: model.load_mask.",
+        automl_enabled=False, automl_reason="must stay true for mIoU-driven AutoML",
+    )
+    crop_size: int = param(
+        512, title="Crop size", minimum=64, maximum=2048, math_cond="/ 16", automl_enabled=False,
+        automl_reason="searchable on request (multiples of 16); memory grows with its square so it is off by default",
+        description="Side of the square box crop fed to the ViT (pixels). Lower it (512 -> 384 -> 256) on CUDA "
+        "out-of-memory. Alias: model.crop_size.",
+    )
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and mask-head architecture."""
+
+    arch: str = param(
+        "vit-mae-base/16", title="Backbone architecture", options=list(ARCHS), option_weights=ARCH_OPTION_WEIGHTS,
+        automl_enabled=False, automl_reason="searchable on request; the weights favour base (best quality per cost)",
+        description="ViT variant of the image encoder. vit-mae-nano/8 is a small CPU model; base/large/huge match "
+        "the public MAE checkpoints.",
+    )
+    frozen_stages: list[int] = param(
+        [-1], title="Frozen stages", automl_enabled=False, automl_reason="a list; freezing is a deployment choice",
+        description="Stages to freeze: [-1] freezes nothing; [first, last] freezes blocks first..last (1-based), and "
+        "the patch embedding too when first is 0.",
+    )
+    mask_head_num_convs: int = param(
+        4, title="Mask head convolutions", minimum=1, maximum=16, automl_enabled=None,
+        description="Number of 3x3 convolutions in the pixel-wise head; the feature map is upsampled before the last.",
+    )
+    mask_head_hidden_channel: int = param(
+        256, title="Mask head hidden channels", minimum=1, maximum=4096, automl_enabled=None,
+        description="Width of the hidden convolutions of the pixel-wise head.",
+    )
+    mask_head_out_channel: int = param(
+        256, title="Mask head output channels", minimum=1, maximum=4096, automl_enabled=None,
+        description="Embedding width shared by the instance head and the pixel-wise head.",
+    )
+    teacher_momentum: float = param(
+        0.996, title="Teacher EMA momentum", minimum=0.9, maximum=0.9999, automl_enabled=True,
+        automl_reason="controls how fast pseudo-labels follow the student; 0.99-0.9999 all train stably",
+        description="Momentum m of the EMA teacher update theta_t = m*theta_t + (1-m)*theta_s.",
+    )
+    not_adjust_scale: bool = param(
+        False, title="Disable scale-adaptive head",
+        description="If true, use one fixed feature scale instead of choosing it from the box size bucket.",
+    )
+    mask_scale_ratio_pre: int = param(
+        1, title="Pre-head scale ratio", minimum=1, maximum=8,
+        description="Feature-map upscale before the pixel head (fixed-scale path only).",
+    )
+    mask_scale_ratio: float = param(
+        2.0, title="In-head scale ratio", minimum=1.0, maximum=8.0,
+        description="Bilinear upscale applied inside the pixel head before its last convolution.",
+    )
+    vit_dpr: float = param(
+        0.0, title="Drop-path rate", minimum=0.0, maximum=0.5, automl_enabled=None,
+        description="Stochastic-depth rate of the last ViT block (linearly increasing from 0 over the blocks).",
+    )
+
+
+@dataclass
+class CudnnConfig:
+    """cuDNN switches."""
+
+    benchmark: bool = param(False, title="cuDNN benchmark", description="Let cuDNN pick the fastest kernels.")
+    deterministic: bool = param(
+        True, title="Deterministic", description="Prefer deterministic kernels (warns where none exists)."
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Training schedule, optimiser, losses and devices."""
+
+    num_gpus: int = param(
+        1, title="Number of GPUs", minimum=1, maximum=1024, popular=True, automl_enabled=False,
+        automl_reason=_NO_SEARCH,
+        description="Devices per node. On a machine without CUDA this many CPU processes run (gloo DDP).",
+    )
+    gpu_ids: list[int] = param(
+        [0], title="GPU ids", popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="CUDA device indices to use; its length must equal num_gpus.",
+    )
+    num_nodes: int = param(
+        1, title="Number of nodes", minimum=1, maximum=1024, popular=True, automl_enabled=False,
+        automl_reason=_NO_SEARCH,
+        description="Machines in a multi-node run (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT set by the "
+        "launcher).",
+    )
+    seed: int = param(
+        1234, title="Random seed", minimum=-1, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Global seed; a negative value disables seeding.",
+    )
+    cudnn: CudnnConfig = section(CudnnConfig, title="cuDNN", description="cuDNN switches.")
+    num_epochs: int = param(
+        10, title="Number of epochs", minimum=1, maximum=100000, popular=True, automl_enabled=False,
+        automl_reason="the AutoML budget (automl_max_epochs) sets it",
+        description="Training epochs (one epoch = one pass over all kept training boxes).",
+    )
+    checkpoint_interval: int = param(
+        1, title="Checkpoint interval", minimum=1, popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Save model_epoch_<EEE>_step_<SSSSS>.pth every this many epochs (or steps, see unit).",
+    )
+    checkpoint_interval_unit: str = param(
+        "epoch", title="Checkpoint interval unit", options=["epoch", "step"], automl_enabled=False,
+        automl_reason=_NO_SEARCH, description="Whether checkpoint_interval counts epochs or optimiser steps.",
+    )
+    validation_interval: int = param(
+        1, title="Validation interval", minimum=1, popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Validate (val/mIoU) every this many epochs.",
+    )
+    resume_training_checkpoint_path: str | None = param(
+        None, title="Resume checkpoint", automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Checkpoint to resume from. If unset, the newest checkpoint in results_dir is resumed.",
+    )
+    results_dir: str | None = param(
+        None, title="Train results directory", automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Where train writes checkpoints and logs; defaults to the top-level results_dir.",
+    )
+    batch_size: int = param(
+        3, title="Batch size", minimum=1, maximum=1024, popular=True, automl_enabled=None,
+        description="Box instances per device per step.",
+    )
+    accum_grad_batches: int = param(
+        1, title="Gradient accumulation", minimum=1, maximum=1, automl_enabled=False,
+        automl_reason="fixed at 1 (manual optimisation)",
+        description="Kept for TAO compatibility; must be 1 (each step updates the EMA teacher).",
+    )
+    use_amp: bool = param(
+        True, title="Mixed precision", automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="bf16 (or fp16) autocast on GPU; CPU runs always use fp32.",
+    )
+    pretrained_model_path: str | None = param(
+        None, title="Pretrained weights", automl_enabled=False, automl_reason=_NO_SEARCH,
+        description="Backbone initialisation: a Hugging Face ViT-MAE folder, an original MAE .pth, or a MAL "
+        "checkpoint (backbone and heads). Ignored when resuming.",
+    )
+    optim_type: str = param(
+        "adamw", title="Optimizer", options=["adamw"], automl_enabled=False, automl_reason="one option",
+        description="Optimizer (AdamW).",
+    )
+    optim_momentum: float = param(
+        0.9, title="Optimizer momentum", minimum=0.0, maximum=1.0, automl_enabled=False,
+        automl_reason="unused by AdamW", description="Kept for TAO compatibility; AdamW uses optim_betas.",
+    )
+    lr: float = param(
+        1e-6, title="Learning rate", minimum=1e-7, maximum=1e-5, automl_enabled=True,
+        automl_reason="the most sensitive knob; MAL fine-tunes a pretrained ViT, 1e-7..1e-5 spans under- to "
+        "over-shooting",
+        description="Base learning rate per instance per device; the effective rate is lr x devices x batch_size.",
+    )
+    min_lr: float = param(
+        0.0, title="Minimum learning rate", minimum=0.0, automl_enabled=False, automl_reason="derived",
+        description="Ignored: the floor is computed as effective lr x min_lr_rate.",
+    )
+    min_lr_rate: float = param(
+        0.2, title="Minimum LR ratio", minimum=0.0, maximum=1.0, automl_enabled=None,
+        description="Cosine schedule floor as a fraction of the effective learning rate.",
+    )
+    num_wave: float = param(
+        1.0, title="Cosine waves", minimum=0.1, maximum=10.0, automl_enabled=False,
+        automl_reason="1 (one half-cosine) is the tested schedule",
+        description="Number of cosine periods over the post-warmup epochs.",
+    )
+    wd: float = param(
+        5e-4, title="Weight decay", minimum=1e-5, maximum=1e-2, automl_enabled=True,
+        automl_reason="regularisation strength matters for small label sets; log-range 1e-5..1e-2",
+        description="AdamW weight decay (applied to all parameters).",
+    )
+    optim_eps: float = param(1e-8, title="Optimizer epsilon", minimum=0.0, description="AdamW epsilon.")
+    optim_betas: list[float] = param(
+        [0.9, 0.9], title="Optimizer betas", automl_enabled=False, automl_reason="a list",
+        description="AdamW (beta1, beta2).",
+    )
+    warmup_epochs: int = param(
+        1, title="Warmup epochs", minimum=0, maximum=100000, automl_enabled=True, math_cond="< depends_on",
+        depends_on="train.num_epochs",
+        automl_reason="too short a warmup makes ViT training explode; must stay below num_epochs",
+        description="Epochs of linear learning-rate warmup before the cosine decay; must be below num_epochs.",
+    )
+    margin_rate: list[float] = param(
+        [0.0, 1.2], title="Train margin range", automl_enabled=False, automl_reason="a list",
+        description="[low, high] of the random per-side box expansion used for training crops.",
+    )
+    test_margin_rate: list[float] = param(
+        [0.6, 0.6], title="Test margin", automl_enabled=False, automl_reason="a list",
+        description="Test crops expand each side of the box by test_margin_rate[0]/2 of its half-size.",
+    )
+    mask_thres: list[float] = param(
+        [0.1], title="Mask thresholds", automl_enabled=False, automl_reason="a list",
+        description="Foreground probability threshold: one value, or three for small/medium/large boxes.",
+    )
+    loss_mil_weight: float = param(
+        4.0, title="MIL loss weight", minimum=0.1, maximum=10.0, automl_enabled=True,
+        automl_reason="balances box tightness against the CRF's colour consistency",
+        description="Weight of the multiple-instance (box projection) loss.",
+    )
+    loss_crf_weight: float = param(
+        0.5, title="CRF loss weight", minimum=0.05, maximum=5.0, automl_enabled=True,
+        automl_reason="balances colour-edge self-training against box tightness",
+        description="Weight of the CRF self-training loss.",
+    )
+    crf_zeta: float = param(
+        0.1, title="CRF colour bandwidth", minimum=0.01, maximum=1.0, automl_enabled=True,
+        automl_reason="sets which colour differences count as edges; data dependent",
+        description="zeta in exp(-|I_p - I_q|^2 / (2 zeta^2)) on normalised colours.",
+    )
+    crf_kernel_size: int = param(
+        3, title="CRF window", minimum=3, maximum=9, options=[3, 5, 7, 9], automl_enabled=False,
+        automl_reason="3 matches the paper's 8-neighbourhood", description="Odd side of the CRF affinity window.",
+    )
+    crf_num_iter: int = param(
+        100, title="CRF iterations", minimum=1, maximum=1000, automl_enabled=False,
+        automl_reason="cost knob; converges well before 100",
+        description="Mean-field iterations per training step.",
+    )
+    loss_crf_step: int = param(
+        4000, title="CRF warm-up steps", minimum=0, automl_enabled=False, automl_reason="schedule detail",
+        description="Steps of epoch 0 over which the CRF loss weight ramps up linearly.",
+    )
+    loss_mil_step: int = param(
+        1000, title="MIL warm-up steps", minimum=0, automl_enabled=False, automl_reason="schedule detail",
+        description="Steps of epoch 0 over which the MIL loss weight ramps up linearly.",
+    )
+    crf_size_ratio: int = param(
+        1, title="CRF resolution ratio", minimum=1, maximum=4, automl_enabled=False, automl_reason="cost knob",
+        description="CRF runs at (mask-logit side x this ratio).",
+    )
+    crf_value_high_thres: float = param(
+        0.9, title="CRF upper clamp", minimum=0.5, maximum=1.0, automl_enabled=True,
+        depends_on="train.crf_value_low_thres",
+        math_cond="> depends_on", automl_reason="how confident the pseudo-label may get",
+        description="Upper clamp of the mean-field foreground probability.",
+    )
+    crf_value_low_thres: float = param(
+        0.1, title="CRF lower clamp", minimum=0.0, maximum=0.5, automl_enabled=False,
+        automl_reason="mirrors the upper clamp; searched through it",
+        description="Lower clamp of the mean-field foreground probability.",
+    )
+
+
+@dataclass
+class EvaluateConfig:
+    """Scoring a checkpoint on the validation set."""
+
+    num_gpus: int = param(1, title="Number of GPUs", minimum=1, popular=True, description="Devices per node.")
+    gpu_ids: list[int] = param([0], title="GPU ids", popular=True, description="CUDA device indices to use.")
+    num_nodes: int = param(1, title="Number of nodes", minimum=1, popular=True, description="Machines to use.")
+    checkpoint: str = param(
+        "", title="Checkpoint", required=True, description="MAL checkpoint (.pth) to evaluate."
+    )
+    results_dir: str | None = param(
+        None, title="Evaluate results directory", description="Defaults to the top-level results_dir."
+    )
+    batch_size: int = param(3, title="Batch size", minimum=1, maximum=1024, description="Instances per step.")
+    use_mixed_model_test: bool = param(
+        False, title="Mixed student/teacher", description="Average student and teacher logits (wins over teacher)."
+    )
+    use_teacher_test: bool = param(False, title="Use teacher", description="Predict with the EMA teacher.")
+    comp_clustering: bool = param(
+        False, title="Clustering score",
+        description="Also report the feature clustering score (mean squared distance of normalised features to their "
+        "FG/BG centroid; lower separates better).",
+    )
+    use_flip_test: bool = param(
+        False, title="Flip test", description="Average logits of the crop and its horizontal flip."
+    )
+
+
+@dataclass
+class InferenceConfig:
+    """Labelling boxes with masks."""
+
+    num_gpus: int = param(1, title="Number of GPUs", minimum=1, popular=True, description="Devices per node.")
+    gpu_ids: list[int] = param([0], title="GPU ids", popular=True, description="CUDA device indices to use.")
+    num_nodes: int = param(1, title="Number of nodes", minimum=1, popular=True, description="Machines to use.")
+    checkpoint: str = param("", title="Checkpoint", required=True, description="MAL checkpoint (.pth) to label with.")
+    results_dir: str | None = param(
+        None, title="Inference results directory", description="Defaults to the top-level results_dir."
+    )
+    batch_size: int = param(3, title="Batch size", minimum=1, maximum=1024, description="Instances per step.")
+    ann_path: str = param(
+        "", title="Boxes to label", popular=True, description="COCO JSON whose boxes get masks (segmentation optional)."
+    )
+    img_dir: str = param("", title="Image directory", popular=True, description="Folder holding the images.")
+    label_dump_path: str = param(
+        "instances_val2017_mal.json", title="Label output file",
+        description="Output COCO JSON, relative to results_dir: the input JSON with annotations replaced by masks.",
+    )
+    load_mask: bool = param(
+        False, title="Score against GT masks", description="If the input has masks, add each label's IoU to it."
+    )
+    use_flip_test: bool = param(False, title="Flip test", description="Average logits of the crop and its flip.")
+    use_teacher_test: bool = param(False, title="Use teacher", description="Label with the EMA teacher.")
+    use_mixed_model_test: bool = param(
+        False, title="Mixed student/teacher", description="Average student and teacher logits."
+    )
+    save_overlays: bool = param(
+        False, title="Write overlays", description="Write PNG overlays of the masks on the images for review."
+    )
+    max_overlays: int = param(
+        100, title="Overlay limit", minimum=0, description="Write overlays for at most this many images."
+    )
+
+
+@dataclass
+class ExperimentConfig:
+    """A full MAL experiment spec: data, model, and the train/evaluate/inference actions."""
+
+    results_dir: str = param(
+        "", title="Results directory", popular=True, description="Folder for every output of the action."
+    )
+    dataset: DatasetConfig = section(DatasetConfig, title="Dataset", description="Data paths and crops.")
+    model: ModelConfig = section(ModelConfig, title="Model", description="Backbone and heads.")
+    train: TrainConfig = section(TrainConfig, title="Train", description="Training settings.")
+    evaluate: EvaluateConfig = section(EvaluateConfig, title="Evaluate", description="Evaluation settings.")
+    inference: InferenceConfig = section(InferenceConfig, title="Inference", description="Labelling settings.")
+
+
+#: Keys of the seed document that are accepted as aliases of the canonical keys.
+KEY_ALIASES: dict[str, str] = {
+    "model.crop_size": "dataset.crop_size",
+    "model.load_mask": "dataset.load_mask",
+}

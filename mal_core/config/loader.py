@@ -1,0 +1,222 @@
+"""Load a YAML spec plus dotted ``key=value`` overrides into :class:`ExperimentConfig`, with type and bound checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mal_core.config.experiment import KEY_ALIASES, ExperimentConfig
+from mal_core.errors import SpecError
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotated type ``tp``; return it normalised (int -> float where a float is due)."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise SpecError(f"{key} must not be null (expected {_type_name(inner)})", field=key)
+    origin = typing.get_origin(inner)
+    if origin in (list, list):
+        (item_tp,) = typing.get_args(inner) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{key} must be a list of {_type_name(item_tp)}, got {value!r}", field=key)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpecError(f"{key} must be a boolean (true/false), got {value!r}", field=key)
+    if inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise SpecError(f"{key} must be an integer, got {value!r}", field=key)
+    if inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-6" (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise SpecError(f"{key} must be a number, got {value!r}", field=key)
+    if inner is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise SpecError(f"{key} must be a string, got {value!r}", field=key)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    if value is None:
+        return
+    options = meta.get("options")
+    if options is not None and value not in options:
+        raise SpecError(f"{key} must be one of {options}, got {value!r}", field=key)
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            raise SpecError(f"{key} must be >= {lo}, got {value!r}", field=key)
+        if hi is not None and value > hi:
+            raise SpecError(f"{key} must be <= {hi}, got {value!r}", field=key)
+
+
+def leaf_fields(cls: type = ExperimentConfig, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """All leaf parameters of a config dataclass by dotted key, in declaration order."""
+    out: dict[str, dataclasses.Field] = {}
+    hints = _type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(leaf_fields(tp, key + "."))
+        else:
+            out[key] = f
+    return out
+
+
+def _unknown_key_error(key: str, known: Iterable[str]) -> SpecError:
+    close = difflib.get_close_matches(key, list(known) + list(KEY_ALIASES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return SpecError(f"unknown spec key {key!r}{hint}", field=key)
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, explicit: set[str]) -> Any:
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{prefix.rstrip('.') or 'spec'} must be a mapping, got {data!r}", field=prefix.rstrip("."))
+    hints = _type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise _unknown_key_error(key, leaf_fields(ExperimentConfig))
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, key + ".", explicit)
+        else:
+            coerced = _coerce(value, tp, key)
+            _check_meta(coerced, names[name].metadata, key)
+            kwargs[name] = coerced
+            explicit.add(key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"cannot set {key!r}: {part!r} is not a section", field=key)
+        node = child
+    node[parts[-1]] = value
+
+
+def _apply_aliases(tree: dict[str, Any]) -> None:
+    for alias, canonical in KEY_ALIASES.items():
+        sec, name = alias.split(".")
+        node = tree.get(sec)
+        if isinstance(node, dict) and name in node:
+            value = node.pop(name)
+            _set_dotted(tree, canonical, value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``dotted.key=value``; the value is read as YAML (so ``5``, ``1e-6``, ``[0, 1]``, ``true`` work)."""
+    if "=" not in text:
+        raise SpecError(f"override {text!r} must look like dotted.key=value", field=text)
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file {str(p)!r} does not exist", field="spec")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}", field="spec") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"spec file {str(p)!r} must hold a mapping at the top level", field="spec")
+    return data
+
+
+def parse_spec(
+    data: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | Iterable[str] = ()
+) -> tuple[ExperimentConfig, set[str]]:
+    """Build a validated config from a spec mapping and overrides; also return the explicitly set dotted keys.
+
+    ``overrides`` is either a mapping of dotted keys to values or an iterable of ``key=value`` strings. Seed-document
+    aliases (``model.crop_size``, ``model.load_mask``) are accepted anywhere a key is.
+    """
+    tree: dict[str, Any] = _deep_copy(dict(data or {}))
+    _apply_aliases(tree)
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        _set_dotted(tree, KEY_ALIASES.get(key, key), value)
+    explicit: set[str] = set()
+    cfg = _build(ExperimentConfig, tree, "", explicit)
+    return cfg, explicit
+
+
+def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | Iterable[str] = ()) -> ExperimentConfig:
+    """Load a YAML spec file (or defaults when ``path`` is None) and apply dotted overrides."""
+    data = read_yaml(path) if path is not None else {}
+    return parse_spec(data, overrides)[0]
+
+
+def spec_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The spec as a plain nested dict (YAML/JSON friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_spec(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved spec as YAML atomically."""
+    from mal_core.utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(spec_to_dict(cfg), sort_keys=False))
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
