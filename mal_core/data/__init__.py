@@ -1,0 +1,1 @@
+"""Data: COCO parsing and filtering, box-crop geometry, augmentation, datasets and the Lightning DataModule."""

@@ -1,0 +1,1 @@
+"""Engine: LightningModule, schedules, checkpoints, metrics and the train/evaluate/inference jobs."""

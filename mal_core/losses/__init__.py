@@ -1,0 +1,1 @@
+"""Losses: MIL box-projection Dice loss and CRF mean-field self-training loss."""
