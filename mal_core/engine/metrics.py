@@ -12,18 +12,9 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-SMALL_AREA = 32.0**2
-MEDIUM_AREA = 96.0**2
-BUCKETS = ("small", "medium", "large")
+from mal_core.sizes import BUCKETS, MEDIUM_AREA, SMALL_AREA, size_bucket
 
-
-def size_bucket(box_area: float) -> int:
-    """0 = small (<= 32^2), 1 = medium (<= 96^2), 2 = large, by box area in pixels."""
-    if box_area <= SMALL_AREA:
-        return 0
-    if box_area <= MEDIUM_AREA:
-        return 1
-    return 2
+__all__ = ["BUCKETS", "MaskMIoU", "instance_iou", "size_bucket"]
 
 
 def instance_iou(pred: np.ndarray, gt: np.ndarray) -> float:

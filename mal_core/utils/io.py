@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -36,6 +37,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, _write)
 
 
+def json_safe(obj: Any) -> Any:
+    """Replace non-finite floats (NaN, inf) by None so the result is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
-    """Atomically write JSON (UTF-8, trailing newline)."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+    """Atomically write strict JSON (NaN/inf become null; trailing newline)."""
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")

@@ -1,0 +1,208 @@
+"""COCO instances JSON: parsing with clear errors, box filtering, and ground-truth mask decoding.
+
+One sample is one box annotation. Boxes are clipped to their image; a box with zero or negative size, or one lying
+entirely outside its image, is an error naming the annotation. Category ids map to 1-based compact indices in the
+order of the ``categories`` list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from mal_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Instance:
+    """One box to crop: ids, its image, the clipped box (x, y, w, h), category and optional input score."""
+
+    ann_id: int
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    bbox: tuple[float, float, float, float]
+    category_id: int
+    category_index: int
+    has_segmentation: bool
+    score: float | None = None
+
+    @property
+    def box_area(self) -> float:
+        """Box area w*h in pixels (size buckets and filters use this, not the mask area)."""
+        return self.bbox[2] * self.bbox[3]
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        """Box corners (x0, y0, x1, y1)."""
+        x, y, w, h = self.bbox
+        return x, y, x + w, y + h
+
+
+@dataclass
+class CocoDataset:
+    """A parsed annotation file: the raw JSON (for writing labels back), categories and kept instances."""
+
+    ann_path: Path
+    img_dir: Path
+    raw: dict[str, Any]
+    categories: list[dict[str, Any]]
+    instances: list[Instance]
+    num_filtered: int
+
+    @property
+    def num_categories(self) -> int:
+        """Number of categories in the file."""
+        return len(self.categories)
+
+    def annotation(self, ann_id: int) -> dict[str, Any]:
+        """The raw annotation dict of ``ann_id``."""
+        return self._ann_by_id[ann_id]
+
+    def __post_init__(self) -> None:
+        self._ann_by_id = {a["id"]: a for a in self.raw["annotations"]}
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Read a JSON file; errors name the file (and line/column for syntax errors)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} {str(p)!r} does not exist", field=str(p))
+    try:
+        with open(p, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} {str(p)!r} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                        field=str(p)) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {str(p)!r} is not UTF-8 text", field=str(p)) from exc
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.0, max_area: float = float("inf"),
+              min_side: float = 0.0, require_masks: bool = False, check_images: bool = True) -> CocoDataset:
+    """Parse and validate a COCO instances file and keep the boxes that pass the filters.
+
+    Kept iff ``min_area < w*h < max_area`` and both sides ``> min_side`` after clipping to the image.
+    ``require_masks`` demands a ``segmentation`` on every kept annotation.
+    """
+    ann_path, img_dir = Path(ann_path), Path(img_dir)
+    data = read_json(ann_path, "annotation file")
+    where = str(ann_path)
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: top level must be a JSON object with images/annotations/categories", field=where)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{where}: missing or non-list '{key}'", field=f"{where}:{key}")
+    if not img_dir.is_dir():
+        raise DataError(f"image folder {str(img_dir)!r} does not exist", field=str(img_dir))
+
+    images: dict[int, dict[str, Any]] = {}
+    for img in data["images"]:
+        if not isinstance(img, dict) or not {"id", "file_name", "height", "width"} <= img.keys():
+            raise DataError(f"{where}: every image needs id, file_name, height and width (got {img!r})",
+                            field=f"{where}:images")
+        images[img["id"]] = img
+    categories = data["categories"]
+    cat_index: dict[int, int] = {}
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise DataError(f"{where}: every category needs an id (got {cat!r})", field=f"{where}:categories")
+        cat_index[cat["id"]] = i + 1
+
+    kept: list[Instance] = []
+    filtered = 0
+    seen_ids: set[Any] = set()
+    for ann in data["annotations"]:
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        label = f"{where}: annotation id {ann_id!r}"
+        if not isinstance(ann, dict) or ann_id is None:
+            raise DataError(f"{where}: every annotation needs an id (got {ann!r})", field=f"{where}:annotations")
+        if ann_id in seen_ids:
+            raise DataError(f"{label} appears twice; annotation ids must be unique", field=f"{where}:annotations")
+        seen_ids.add(ann_id)
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+            raise DataError(f"{label}: bbox must be [x, y, w, h] numbers, got {bbox!r}", field=f"{where}:bbox")
+        x, y, w, h = (float(v) for v in bbox)
+        if w <= 0 or h <= 0:
+            raise DataError(f"{label}: box has zero or negative size (w={w}, h={h})", field=f"{where}:bbox")
+        if ann.get("category_id") not in cat_index:
+            raise DataError(f"{label}: unknown category_id {ann.get('category_id')!r} (known: {sorted(cat_index)})",
+                            field=f"{where}:category_id")
+        img = images.get(ann.get("image_id"))
+        if img is None:
+            raise DataError(f"{label}: unknown image_id {ann.get('image_id')!r}", field=f"{where}:image_id")
+        H, W = int(img["height"]), int(img["width"])
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, float(W)), min(y + h, float(H))
+        if x1 <= x0 or y1 <= y0:
+            raise DataError(f"{label}: box {bbox} lies outside its {W}x{H} image", field=f"{where}:bbox")
+        cw, ch = x1 - x0, y1 - y0
+        if not (min_area < cw * ch < max_area and cw > min_side and ch > min_side):
+            filtered += 1
+            continue
+        has_seg = bool(ann.get("segmentation"))
+        if require_masks and not has_seg:
+            raise DataError(f"{label} has no segmentation but masks are required for scoring",
+                            field=f"{where}:segmentation", hint="set dataset.load_mask (or inference.load_mask) "
+                            "to false for box-only files")
+        score = ann.get("score")
+        kept.append(Instance(int(ann_id), int(img["id"]), str(img["file_name"]), H, W, (x0, y0, cw, ch),
+                             int(ann["category_id"]), cat_index[ann["category_id"]], has_seg,
+                             float(score) if _number(score) else None))
+    if check_images:
+        missing = sorted({i.file_name for i in kept if not (img_dir / i.file_name).is_file()})
+        if missing:
+            raise DataError(f"{len(missing)} image file(s) referenced by {where} are missing from {img_dir}: "
+                            f"{missing[:5]}", field=str(img_dir / missing[0]))
+    if filtered:
+        log.info("%s: %d of %d boxes filtered out (size limits)", where, filtered, len(data["annotations"]))
+    return CocoDataset(ann_path, img_dir, data, categories, kept, filtered)
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """Polygon list, uncompressed RLE (list counts) or compressed RLE -> (H, W) bool mask (parts are OR-ed)."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return np.zeros((height, width), dtype=bool)
+        if isinstance(segmentation[0], dict):
+            rles = [mask_utils.frPyObjects(s, height, width) if isinstance(s["counts"], list) else s
+                    for s in segmentation]
+        else:
+            polys = [p for p in segmentation if len(p) >= 6]
+            if not polys:
+                return np.zeros((height, width), dtype=bool)
+            rles = mask_utils.frPyObjects(polys, height, width)
+        rle = mask_utils.merge(rles)
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        rle = segmentation
+        if isinstance(rle["counts"], list):
+            rle = mask_utils.frPyObjects(rle, height, width)
+        elif isinstance(rle["counts"], str):
+            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    else:
+        raise DataError(f"unsupported segmentation {type(segmentation).__name__}", field="segmentation")
+    m = mask_utils.decode(rle)
+    if m.ndim == 3:
+        m = m.any(axis=2)
+    return m.astype(bool)
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """(H, W) bool mask -> compressed COCO RLE with ``counts`` as an ASCII string."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}

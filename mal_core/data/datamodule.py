@@ -1,0 +1,65 @@
+"""Lightning DataModule: COCO files -> box-crop datasets -> loaders for train, validation and prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from mal_core.config.experiment import ExperimentConfig
+from mal_core.data.coco import CocoDataset, load_coco
+from mal_core.data.datasets import BoxCropDataset, collate_crops
+
+#: Minimum box side (pixels, exclusive) for training; evaluation and labelling keep every valid box.
+TRAIN_MIN_SIDE = 2.0
+
+
+def load_train_coco(cfg: ExperimentConfig) -> CocoDataset:
+    """The training boxes after the size filters (masks never read)."""
+    d = cfg.dataset
+    return load_coco(d.train_ann_path, d.train_img_dir, min_area=d.min_obj_size, max_area=d.max_obj_size,
+                     min_side=TRAIN_MIN_SIDE)
+
+
+def load_eval_coco(ann_path: str, img_dir: str, load_mask: bool) -> CocoDataset:
+    """Every valid box of a validation / labelling file; masks required when scoring."""
+    return load_coco(ann_path, img_dir, require_masks=load_mask)
+
+
+class MALDataModule(pl.LightningDataModule):
+    """Loaders over pre-parsed datasets (parsing happens up front so bad input fails before any training)."""
+
+    def __init__(self, cfg: ExperimentConfig, *, train: CocoDataset | None = None, val: CocoDataset | None = None,
+                 predict: CocoDataset | None = None, load_mask: bool = True, batch_size: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_coco, self.val_coco, self.predict_coco = train, val, predict
+        self.load_mask = load_mask
+        self.batch_size = batch_size or cfg.train.batch_size
+
+    def _loader(self, dataset: BoxCropDataset, *, shuffle: bool, batch_size: int) -> DataLoader:
+        workers = self.cfg.dataset.num_workers_per_gpu
+        kwargs: dict[str, Any] = {"persistent_workers": True} if workers > 0 else {}
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                          collate_fn=collate_crops, drop_last=False, **kwargs)
+
+    def _test_set(self, coco: CocoDataset, load_mask: bool) -> BoxCropDataset:
+        t = self.cfg.train
+        return BoxCropDataset(coco, self.cfg.dataset.crop_size, train=False, test_margin_rate=t.test_margin_rate,
+                              load_mask=load_mask)
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.cfg.train
+        ds = BoxCropDataset(self.train_coco, self.cfg.dataset.crop_size, train=True, margin_rate=t.margin_rate)
+        return self._loader(ds, shuffle=True, batch_size=t.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_coco is None:
+            return []
+        return self._loader(self._test_set(self.val_coco, self.load_mask), shuffle=False,
+                            batch_size=self.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._test_set(self.predict_coco, self.load_mask), shuffle=False,
+                            batch_size=self.batch_size)

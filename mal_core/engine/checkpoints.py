@@ -1,0 +1,69 @@
+"""Checkpoint files: naming (``model_epoch_<EEE>_step_<SSSSS>.pth`` + ``mal_model_latest.pth``), discovery for
+resume, and loading MAL checkpoints with a clear error for files of another kind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from mal_core.errors import CheckpointError
+from mal_core.model.weights import torch_load
+
+LATEST_NAME = "mal_model_latest"
+CKPT_PATTERN = re.compile(r"^model_epoch_(\d+)_step_(\d+)\.pth$")
+
+
+class MALCheckpoint(ModelCheckpoint):
+    """Every-N-epochs (or steps) ``.pth`` checkpoints, all kept, with ``mal_model_latest.pth`` linking the newest."""
+
+    FILE_EXTENSION = ".pth"
+    CHECKPOINT_NAME_LAST = LATEST_NAME
+
+    def __init__(self, dirpath: str | Path, interval: int, unit: str = "epoch") -> None:
+        every = {"every_n_epochs": interval} if unit == "epoch" else {"every_n_train_steps": interval}
+        super().__init__(dirpath=str(dirpath), filename="model_epoch_{epoch:03d}_step_{step:05d}",
+                         auto_insert_metric_name=False, save_top_k=-1, save_last="link",
+                         enable_version_counter=False, save_on_train_epoch_end=True, **every)
+
+
+def list_checkpoints(results_dir: str | Path) -> list[tuple[int, int, Path]]:
+    """(epoch, step, path) of the numbered checkpoints in ``results_dir``, oldest first."""
+    d = Path(results_dir)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = CKPT_PATTERN.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), int(m.group(2)), p))
+    return sorted(found)
+
+
+def find_resume_checkpoint(results_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a previous run in ``results_dir`` (``mal_model_latest.pth`` first), or None."""
+    latest = Path(results_dir) / f"{LATEST_NAME}.pth"
+    if latest.exists():
+        return latest.resolve()
+    ckpts = list_checkpoints(results_dir)
+    return ckpts[-1][2] if ckpts else None
+
+
+def load_mal_checkpoint(path: str | Path, field: str = "checkpoint") -> dict[str, Any]:
+    """Load a MAL checkpoint (weights_only) and check it is one: a ``state_dict`` with student weights and the
+    ``mal`` record (spec, categories, metrics)."""
+    obj = torch_load(path)
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not any(k.startswith("model.student.") for k in state):
+        keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"{str(path)!r} is not a MAL checkpoint (no student weights; top-level keys: {keys})", field=field,
+            hint="pass a model_epoch_*.pth written by `mal train`; backbone weights go to train.pretrained_model_path",
+        )
+    meta = obj.get("mal")
+    if not isinstance(meta, dict) or "spec" not in meta:
+        raise CheckpointError(f"{str(path)!r} lacks the MAL record (spec/categories); it was not written by mal-skill",
+                              field=field)
+    return obj

@@ -1,0 +1,167 @@
+"""The MAL LightningModule: manual-optimisation training with MIL + CRF losses and an EMA teacher, mIoU
+validation, and mask prediction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from mal_core.config.experiment import ExperimentConfig
+from mal_core.config.loader import spec_to_dict
+from mal_core.engine.metrics import MaskMIoU
+from mal_core.engine.postprocess import paste_masks, region_iou
+from mal_core.engine.schedule import lr_at, scaled_lr, warmup_weight
+from mal_core.losses import crf_loss, mil_loss
+from mal_core.model.network import StudentTeacher
+from mal_core.utils.io import json_safe
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+class MALModule(pl.LightningModule):
+    """Student/teacher MAL model with its training, validation and prediction steps.
+
+    ``test_mode`` selects the network used at validation/prediction: dict with ``use_teacher``, ``use_mixed``,
+    ``use_flip``. ``history_path`` (optional) receives one JSON line per validation.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, categories: list[dict[str, Any]], *, test_mode: dict | None = None,
+                 history_path: str | Path | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.categories = [dict(c) for c in categories]
+        self.model = StudentTeacher(cfg.model, cfg.dataset.crop_size)
+        self.automatic_optimization = False
+        self.val_metric = MaskMIoU(len(self.categories))
+        self.test_mode = dict(test_mode or {})
+        self.history_path = Path(history_path) if history_path else None
+        self.last_metrics: dict[str, float] = {}
+        self.peak_lr = cfg.train.lr
+        self.min_lr = 0.0
+        self._skipped_batches = 0
+
+    # ----- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self.peak_lr = scaled_lr(t.lr, world, t.batch_size)
+        self.min_lr = self.peak_lr * t.min_lr_rate
+        params = [p for p in self.model.student.parameters() if p.requires_grad]
+        start = self.peak_lr if t.warmup_epochs == 0 else 0.0
+        return torch.optim.AdamW(params, lr=start, betas=tuple(t.optim_betas), eps=t.optim_eps, weight_decay=t.wd)
+
+    def _set_lr(self, epoch_float: float) -> float:
+        t = self.cfg.train
+        lr = lr_at(epoch_float, peak=self.peak_lr, floor=self.min_lr, warmup_epochs=t.warmup_epochs,
+                   num_epochs=t.num_epochs, num_wave=t.num_wave)
+        for group in self.optimizers().optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def _iters_per_epoch(self) -> int:
+        n = self.trainer.num_training_batches
+        return max(int(n), 1) if math.isfinite(n) else 1
+
+    def on_train_start(self) -> None:
+        # first step of a fresh (or resumed) run: the schedule's value one step into the current epoch
+        self._set_lr(self.current_epoch + 1.0 / self._iters_per_epoch())
+
+    def on_train_epoch_start(self) -> None:
+        self.model.train()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        t = self.cfg.train
+        opt = self.optimizers()
+        areas = batch["box_area"]
+        logits = self.model.student(batch["image"], areas)
+        probs = torch.sigmoid(logits.float())
+        with torch.no_grad():
+            t_probs = torch.sigmoid(self.model.teacher(batch["timage"], areas).float())
+        l_mil = mil_loss(probs, batch["box_mask"]).mean()
+        l_crf = crf_loss(batch["image"], probs, t_probs, batch["box_mask"], size_ratio=t.crf_size_ratio,
+                         kernel_size=t.crf_kernel_size, zeta=t.crf_zeta, num_iter=t.crf_num_iter,
+                         low=t.crf_value_low_thres, high=t.crf_value_high_thres).mean()
+        w_mil = warmup_weight(self.current_epoch, batch_idx, t.loss_mil_step)
+        w_crf = warmup_weight(self.current_epoch, batch_idx, t.loss_crf_step)
+        loss = t.loss_mil_weight * w_mil * l_mil + t.loss_crf_weight * w_crf * l_crf
+        if not torch.isfinite(loss):
+            self._skipped_batches += 1
+            log.warning("non-finite loss at epoch %d step %d; batch skipped", self.current_epoch, batch_idx)
+            if self._skipped_batches > 20:
+                raise FloatingPointError("training diverged: more than 20 batches with a non-finite loss; "
+                                         "lower train.lr or raise train.warmup_epochs")
+            return loss.detach()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        lr = self._set_lr(self.current_epoch + (batch_idx + 1) / self._iters_per_epoch())
+        self.model.ema_update()
+        bs = probs.shape[0]
+        self.log("train/loss_mil", l_mil.detach(), batch_size=bs)
+        self.log("train/loss_crf", l_crf.detach(), batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
+                 batch_size=bs)
+        self.log("lr", lr, prog_bar=False, batch_size=bs)
+        return loss.detach()
+
+    # ----- validation ---------------------------------------------------------------------------------------
+    def _logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        m = self.test_mode
+        return self.model.predict_logits(batch["image"], batch["box_area"], use_teacher=m.get("use_teacher", False),
+                                         use_mixed=m.get("use_mixed", False), use_flip=m.get("use_flip", False))
+
+    def _pasted(self, batch: dict[str, Any]):
+        logits = self._logits(batch)
+        return paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"], batch["box_area"],
+                           self.cfg.train.mask_thres)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "gt_region" not in batch:
+            return
+        pasted = self._pasted(batch)
+        ious = [region_iou(p, batch["gt_region"][i], int(batch["gt_area"][i])) for i, p in enumerate(pasted)]
+        self.val_metric.update(torch.tensor(ious), batch["category_index"], batch["box_area"])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metric.compute()
+        self.val_metric.reset()
+        self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        for key, value in metrics.items():
+            if key != "num_instances":
+                self.log(f"val/{key}", value, prog_bar=key == "mIoU", sync_dist=False, rank_zero_only=True)
+        if self.history_path is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            record = {"epoch": int(self.current_epoch), "step": int(self.global_step), **self.last_metrics}
+            self.history_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.history_path, "a") as fh:
+                fh.write(json.dumps(json_safe(record)) + "\n")
+
+    # ----- prediction ---------------------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        pasted = self._pasted(batch)
+        out = []
+        for i, p in enumerate(pasted):
+            rec = {"index": int(batch["index"][i]), "region": p.region, "mask": p.mask.cpu(), "score": p.score}
+            if "gt_region" in batch:
+                rec["iou"] = region_iou(p, batch["gt_region"][i], int(batch["gt_area"][i]))
+            out.append(rec)
+        return out
+
+    # ----- checkpoints --------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mal"] = {
+            "format_version": CHECKPOINT_FORMAT,
+            "spec": spec_to_dict(self.cfg),
+            "categories": self.categories,
+            "metrics": dict(self.last_metrics),
+        }

@@ -1,0 +1,50 @@
+"""Rebuilding a trained model for evaluate / inference: the architecture comes from the checkpoint's stored spec;
+an explicitly set, conflicting model setting is an error rather than a silent mismatch."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mal_core.config.experiment import ExperimentConfig, ModelConfig
+from mal_core.config.loader import parse_spec
+from mal_core.engine.checkpoints import load_mal_checkpoint
+from mal_core.engine.module import MALModule
+from mal_core.errors import CheckpointError, SpecError
+
+#: Spec keys a checkpoint fixes (besides every ``model.*`` key).
+ARCH_KEYS = ("dataset.crop_size",)
+
+
+def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explicit: set[str],
+                          source: str) -> ExperimentConfig:
+    """``cfg`` with model settings and crop size taken from the checkpoint's spec ``stored``."""
+    stored_cfg, _ = parse_spec({"model": stored.get("model", {}),
+                                "dataset": {"crop_size": stored.get("dataset", {}).get("crop_size", 512)}})
+    merged = copy.deepcopy(cfg)
+    keys = [f"model.{k}" for k in ModelConfig.__dataclass_fields__] + list(ARCH_KEYS)
+    for key in keys:
+        sec, name = key.split(".")
+        want = getattr(getattr(stored_cfg, sec), name)
+        have = getattr(getattr(cfg, sec), name)
+        if key in explicit and have != want and key != "model.teacher_momentum":
+            raise SpecError(f"{key}={have!r} conflicts with the checkpoint {source}, trained with {want!r}",
+                            field=key, hint=f"drop {key} from the spec; it is read from the checkpoint")
+        setattr(getattr(merged, sec), name, want)
+    return merged
+
+
+def restore_module(cfg: ExperimentConfig, checkpoint: str, field: str, explicit: set[str],
+                   categories: list[dict[str, Any]], test_mode: dict[str, bool]) -> tuple[MALModule, ExperimentConfig]:
+    """Load ``checkpoint`` into a fresh :class:`MALModule` built from the checkpoint's architecture."""
+    ckpt = load_mal_checkpoint(checkpoint, field=field)
+    merged = merge_checkpoint_spec(cfg, ckpt["mal"]["spec"], explicit, checkpoint)
+    module = MALModule(merged, categories, test_mode=test_mode)
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("val_metric.")}
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("val_metric.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{checkpoint} does not fit the model: missing {missing[:5]}, unexpected "
+                              f"{result.unexpected_keys[:5]}", field=field)
+    module.eval()
+    return module, merged

@@ -1,0 +1,98 @@
+"""The train action: parse data, build the model, initialise or resume, fit, and report checkpoints + metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from mal_core.config.experiment import ExperimentConfig
+from mal_core.config.loader import dump_spec
+from mal_core.data.datamodule import MALDataModule, load_eval_coco, load_train_coco
+from mal_core.engine.checkpoints import (
+    LATEST_NAME,
+    MALCheckpoint,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_mal_checkpoint,
+)
+from mal_core.engine.module import MALModule
+from mal_core.engine.trainer import build_trainer, device_settings
+from mal_core.errors import CheckpointError, DataError
+from mal_core.model.weights import load_pretrained
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "validation_history.jsonl"
+
+
+def train_results_dir(cfg: ExperimentConfig) -> Path:
+    """Where training writes: ``train.results_dir`` if set, else the top-level ``results_dir``."""
+    return Path(cfg.train.results_dir or cfg.results_dir)
+
+
+def _resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
+    explicit = cfg.train.resume_training_checkpoint_path
+    path = Path(explicit) if explicit else find_resume_checkpoint(results_dir)
+    if path is None:
+        return None
+    ckpt = load_mal_checkpoint(path, field="train.resume_training_checkpoint_path")
+    old_arch = ckpt["mal"]["spec"]["model"]["arch"]
+    if old_arch != cfg.model.arch:
+        raise CheckpointError(f"cannot resume {path}: it was trained with model.arch={old_arch!r}, the spec says "
+                              f"{cfg.model.arch!r}", field="train.resume_training_checkpoint_path",
+                              hint="use a fresh results_dir or the same model.arch")
+    return path
+
+
+def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
+    """Train MAL per ``cfg``; returns results_dir, checkpoints, validation metrics and timing."""
+    t0 = time.time()
+    results_dir = train_results_dir(cfg)
+    train_coco = load_train_coco(cfg)
+    if not train_coco.instances:
+        raise DataError(f"no training box survives the size filters in {cfg.dataset.train_ann_path} "
+                        f"(dataset.min_obj_size={cfg.dataset.min_obj_size})", field="dataset.min_obj_size")
+    val_coco = None
+    if cfg.dataset.val_ann_path:
+        val_coco = load_eval_coco(cfg.dataset.val_ann_path, cfg.dataset.val_img_dir, cfg.dataset.load_mask)
+    t = cfg.train
+    if t.seed >= 0:
+        pl.seed_everything(t.seed, workers=True, verbose=False)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    resume = _resume_path(cfg, results_dir)
+    devices = device_settings(t.num_gpus, t.gpu_ids, t.num_nodes, "train")
+    module = MALModule(cfg, train_coco.categories, history_path=results_dir / HISTORY_FILE)
+    init_report = None
+    if resume is None and t.pretrained_model_path:
+        init_report = load_pretrained(module.model.student, t.pretrained_model_path)
+        module.model.sync_teacher()
+    elif resume is not None:
+        log.info("resuming from %s (pretrained_model_path ignored)", resume)
+    dump_spec(cfg, results_dir / "train_spec.yaml")
+    ckpt_cb = MALCheckpoint(results_dir, t.checkpoint_interval, t.checkpoint_interval_unit)
+    trainer = build_trainer(
+        results_dir, devices, use_amp=t.use_amp, callbacks=[ckpt_cb, *(callbacks or [])], max_epochs=t.num_epochs,
+        check_val_every_n_epoch=t.validation_interval, deterministic="warn" if t.cudnn.deterministic else False,
+        benchmark=t.cudnn.benchmark,
+    )
+    dm = MALDataModule(cfg, train=train_coco, val=val_coco, load_mask=cfg.dataset.load_mask)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+    ckpts = [str(p) for _, _, p in list_checkpoints(results_dir)]
+    latest = results_dir / f"{LATEST_NAME}.pth"
+    return {
+        "action": "train",
+        "results_dir": str(results_dir),
+        "checkpoints": ckpts,
+        "latest_checkpoint": str(latest) if latest.exists() else (ckpts[-1] if ckpts else None),
+        "metrics": module.last_metrics,
+        "validation_history": str(results_dir / HISTORY_FILE) if (results_dir / HISTORY_FILE).exists() else None,
+        "num_train_instances": len(train_coco.instances),
+        "num_val_instances": len(val_coco.instances) if val_coco else 0,
+        "resumed_from": str(resume) if resume else None,
+        "pretrained": init_report.summary() if init_report else None,
+        "seconds": round(time.time() - t0, 2),
+    }
