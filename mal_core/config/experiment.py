@@ -147,11 +147,11 @@ class TrainConfig:
     )
     seed: int = param(
         1234, title="Random seed", minimum=-1, automl_enabled=False, automl_reason=_NO_SEARCH,
-        description="Global seed; a negative value disables seeding.",
+        description="Global seed; -1 disables seeding.",
     )
     cudnn: CudnnConfig = section(CudnnConfig, title="cuDNN", description="cuDNN switches.")
     num_epochs: int = param(
-        10, title="Number of epochs", minimum=1, maximum=100000, popular=True, automl_enabled=False,
+        10, title="Number of epochs", minimum=1, maximum=100000, popular=True, automl_enabled=False, parent_param=True,
         automl_reason="the AutoML budget (automl_max_epochs) sets it",
         description="Training epochs (one epoch = one pass over all kept training boxes).",
     )
@@ -231,7 +231,7 @@ class TrainConfig:
         description="AdamW (beta1, beta2).",
     )
     warmup_epochs: int = param(
-        1, title="Warmup epochs", minimum=0, maximum=100000, automl_enabled=True, math_cond="< depends_on",
+        1, title="Warmup epochs", minimum=0, maximum=50, automl_enabled=True, math_cond="< depends_on",
         depends_on="train.num_epochs",
         automl_reason="too short a warmup makes ViT training explode; must stay below num_epochs",
         description="Epochs of linear learning-rate warmup before the cosine decay; must be below num_epochs.",
@@ -291,7 +291,7 @@ class TrainConfig:
         description="Upper clamp of the mean-field foreground probability.",
     )
     crf_value_low_thres: float = param(
-        0.1, title="CRF lower clamp", minimum=0.0, maximum=0.5, automl_enabled=False,
+        0.1, title="CRF lower clamp", minimum=0.0, maximum=0.5, automl_enabled=False, parent_param=True,
         automl_reason="mirrors the upper clamp; searched through it",
         description="Lower clamp of the mean-field foreground probability.",
     )
@@ -301,9 +301,11 @@ class TrainConfig:
 class EvaluateConfig:
     """Scoring a checkpoint on the validation set."""
 
-    num_gpus: int = param(1, title="Number of GPUs", minimum=1, popular=True, description="Devices per node.")
+    num_gpus: int = param(1, title="Number of GPUs", minimum=1, maximum=1024, popular=True,
+                          description="Devices per node.")
     gpu_ids: list[int] = param([0], title="GPU ids", popular=True, description="CUDA device indices to use.")
-    num_nodes: int = param(1, title="Number of nodes", minimum=1, popular=True, description="Machines to use.")
+    num_nodes: int = param(1, title="Number of nodes", minimum=1, maximum=1024, popular=True,
+                           description="Machines to use.")
     checkpoint: str = param(
         "", title="Checkpoint", required=True, description="MAL checkpoint (.pth) to evaluate."
     )
@@ -329,9 +331,11 @@ class EvaluateConfig:
 class InferenceConfig:
     """Labelling boxes with masks."""
 
-    num_gpus: int = param(1, title="Number of GPUs", minimum=1, popular=True, description="Devices per node.")
+    num_gpus: int = param(1, title="Number of GPUs", minimum=1, maximum=1024, popular=True,
+                          description="Devices per node.")
     gpu_ids: list[int] = param([0], title="GPU ids", popular=True, description="CUDA device indices to use.")
-    num_nodes: int = param(1, title="Number of nodes", minimum=1, popular=True, description="Machines to use.")
+    num_nodes: int = param(1, title="Number of nodes", minimum=1, maximum=1024, popular=True,
+                           description="Machines to use.")
     checkpoint: str = param("", title="Checkpoint", required=True, description="MAL checkpoint (.pth) to label with.")
     results_dir: str | None = param(
         None, title="Inference results directory", description="Defaults to the top-level results_dir."

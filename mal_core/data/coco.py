@@ -157,9 +157,9 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
             continue
         has_seg = bool(ann.get("segmentation"))
         if require_masks and not has_seg:
-            raise DataError(f"{label} has no segmentation but masks are required for scoring",
-                            field=f"{where}:segmentation", hint="set dataset.load_mask (or inference.load_mask) "
-                            "to false for box-only files")
+            raise DataError(f"{label} has no segmentation but masks are required for scoring; set "
+                            "dataset.load_mask (or inference.load_mask) to false for box-only files",
+                            field=f"{where}:segmentation")
         score = ann.get("score")
         kept.append(Instance(int(ann_id), int(img["id"]), str(img["file_name"]), H, W, (x0, y0, cw, ch),
                              int(ann["category_id"]), cat_index[ann["category_id"]], has_seg,

@@ -27,7 +27,7 @@ def train_margins(u: Sequence[float], low: float, high: float) -> tuple[float, f
     return m[0] * g1, m[1] * g2, m[2] * (1.0 - g1), m[3] * (1.0 - g2)
 
 
-def test_margins(test_margin_rate: Sequence[float]) -> tuple[float, float, float, float]:
+def eval_margins(test_margin_rate: Sequence[float]) -> tuple[float, float, float, float]:
     """Deterministic test margins: test_margin_rate[0] / 2 on every side."""
     m = float(test_margin_rate[0]) * 0.5
     return m, m, m, m

@@ -16,8 +16,8 @@ from mal_core.data.crops import (
     box_mask_in_crop,
     clip_to_image,
     crop_wrap,
+    eval_margins,
     expand_box,
-    test_margins,
     train_margins,
 )
 from mal_core.errors import DataError
@@ -88,7 +88,7 @@ class BoxCropDataset(Dataset):
             u = torch.rand(6).tolist()
             margins = train_margins(u, self.margin_rate[0], self.margin_rate[1])
         else:
-            margins = test_margins(self.test_margin_rate)
+            margins = eval_margins(self.test_margin_rate)
         ext = expand_box(box, margins)
         crop = _resize_rgb(crop_wrap(arr, ext), self.crop_size)
         box_mask = box_mask_in_crop(box, ext, self.crop_size)

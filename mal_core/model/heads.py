@@ -57,7 +57,7 @@ class MaskDecoder(nn.Module):
     Scale-adaptive path (default): each instance's feature map is resized by 2^(bucket-1) (x0.5 / x1 / x2 for
     small / medium / large boxes) before V, so larger objects get finer masks; every bucket's logits are resized to
     the common output side ``mask_size``. Works for any head depth and in-head scale. Fixed path
-    (``not_adjust_scale``): resize by ``scale_pre``, V, then upsample x4.
+    (``not_adjust_scale``): resize by ``scale_pre``, V, then resize to ``mask_size`` (one scale for all boxes).
     """
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int, num_convs: int, scale: float,
