@@ -108,6 +108,7 @@ class BoxCropDataset(Dataset):
         sample["image"] = to_normalised_tensor(crop)
         sample["box_mask"] = torch.from_numpy(box_mask)[None]
         sample["ext_box"] = torch.tensor(ext, dtype=torch.long)
+        sample["box"] = torch.tensor(box, dtype=torch.float64)
         sample["image_size"] = torch.tensor((inst.height, inst.width), dtype=torch.long)
         sample["index"] = torch.tensor(index, dtype=torch.long)
         if self.load_mask:

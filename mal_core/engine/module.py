@@ -121,7 +121,7 @@ class MALModule(pl.LightningModule):
     def _pasted(self, batch: dict[str, Any]):
         logits = self._logits(batch)
         return paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"], batch["box_area"],
-                           self.cfg.train.mask_thres)
+                           self.cfg.train.mask_thres, batch["box"])
 
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mal_core.data.crops import clip_to_image
+from mal_core.data.crops import box_pixel_span, clip_to_image
 from mal_core.sizes import size_bucket
 
 
@@ -34,12 +34,13 @@ def thresholds_for(mask_thres: list[float]) -> list[float]:
 
 
 def paste_masks(logits: torch.Tensor, box_mask: torch.Tensor, ext_box: torch.Tensor, image_size: torch.Tensor,
-                box_area: torch.Tensor, mask_thres: list[float]) -> list[PastedMask]:
+                box_area: torch.Tensor, mask_thres: list[float], boxes: torch.Tensor | None = None) -> list[PastedMask]:
     """Logits (B,1,M,M) -> per-instance masks in image coordinates.
 
     Probabilities are upsampled to the crop side, multiplied by the crop's box mask, resized to the expanded box
     and cut to the image. A pixel is foreground when its probability is strictly above the threshold of the box's
-    size bucket. The score is the mean probability over the foreground pixels (0 for an empty mask).
+    size bucket and it lies on a pixel of the box (``boxes``, x0/y0/x1/y1 in image pixels) when given.
+    The score is the mean probability over the foreground pixels (0 for an empty mask).
     """
     thres = thresholds_for(mask_thres)
     crop = box_mask.shape[-1]
@@ -53,6 +54,12 @@ def paste_masks(logits: torch.Tensor, box_mask: torch.Tensor, ext_box: torch.Ten
         cx0, cy0, cx1, cy1 = clip_to_image((ex0, ey0, ex1, ey1), h, w)
         p = p[cy0 - ey0 : cy1 - ey0, cx0 - ex0 : cx1 - ex0]
         fg = p > thres[size_bucket(float(box_area[i]))]
+        if boxes is not None:
+            bx0, bx1 = box_pixel_span(float(boxes[i][0]), float(boxes[i][2]))
+            by0, by1 = box_pixel_span(float(boxes[i][1]), float(boxes[i][3]))
+            inside = torch.zeros_like(fg)
+            inside[max(by0 - cy0, 0):max(by1 - cy0, 0), max(bx0 - cx0, 0):max(bx1 - cx0, 0)] = True
+            fg &= inside
         score = float(p[fg].mean()) if bool(fg.any()) else 0.0
         out.append(PastedMask((cx0, cy0, cx1, cy1), fg, score))
     return out
