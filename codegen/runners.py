@@ -1,6 +1,7 @@
-"""``runners/<action>.py``: thin generated scripts that run one action through the ``mal`` CLI entry point.
+"""``runners/<action>.py``: thin generated scripts that call :func:`mal_core.skill.runner.main` for one action.
 
-``python runners/train.py --spec FILE.yaml --set train.num_epochs=5`` is ``mal train --spec FILE.yaml --set ...``.
+``python runners/train.py --spec FILE.yaml --set train.num_epochs=5`` is ``mal train --spec FILE.yaml --set ...``;
+the last stdout line is a JSON result (see ``mal_core/skill/runner.py``).
 The scripts put the skill root on ``sys.path`` (so they work from a plain checkout) and drop their own folder from it
 (so ``runners/evaluate.py`` can never shadow a package named ``evaluate``).
 """
@@ -13,9 +14,11 @@ from codegen import header_text
 
 _TEMPLATE = Template('''\
 # $header
-"""Run the MAL $action action: ``python runners/$action.py --spec FILE.yaml [--set dotted.key=value ...]``.
+"""Run the MAL $action action: ``python runners/$action.py --spec FILE.yaml [--spec-overrides JSON] [--dry-run]``.
 
-Same as ``mal $action``; ``--help`` lists the options. Exit codes: 0 success, 2 bad input, 1 runtime failure.
+Same as ``mal $action``; ``--help`` lists the options. The last stdout line is one JSON object (action, job_id,
+status, route, automl_policy, results_dir, spec_path, artifacts, metrics, error). Exit codes: 0 success, 2 bad input,
+1 runtime failure.
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ _ROOT = _HERE.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``mal $action`` with ``argv`` (default: the command-line arguments)."""
+    """Run the $action action with ``argv`` (default: the command-line arguments); returns the exit code."""
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
     if str(_ROOT) not in sys.path:
         sys.path.insert(0, str(_ROOT))
-    from mal_core.cli import main as cli_main
+    from mal_core.skill.runner import main as run_action
 
-    return cli_main([ACTION, *(sys.argv[1:] if argv is None else argv)])
+    return run_action(ACTION, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

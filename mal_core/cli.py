@@ -1,5 +1,6 @@
 """Command line: ``mal train|evaluate|inference --spec FILE.yaml [--set dotted.key=value ...]``, ``mal demo``,
-``mal codegen``.
+``mal codegen``. The actions run through :func:`mal_core.skill.runner.main` (same code as ``runners/<action>.py``;
+``mal <action> --help`` lists every option).
 
 Exit codes: 0 success, 2 bad input (nothing ran or the input was rejected), 1 runtime failure.
 """
@@ -18,7 +19,7 @@ ACTIONS = ("train", "evaluate", "inference")
 
 
 def _action_parser(sub: argparse._SubParsersAction, action: str) -> None:
-    p = sub.add_parser(action, help=f"run the {action} action on a YAML experiment spec")
+    p = sub.add_parser(action, help=f"run the {action} action as a job (see `mal {action} --help`)")
     p.add_argument("--spec", "-e", dest="spec", required=True, help="experiment spec YAML (TAO layout)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -63,6 +64,11 @@ def run_action(action: str, spec_path: str, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mal`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ACTIONS:
+        from mal_core.skill.runner import main as skill_main
+
+        return skill_main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -35,8 +35,10 @@ def workspace(tmp_path_factory):
     return root, data, path
 
 
-def _run(capsys, argv):
-    code = main(argv)
+def _run(capsys, argv, jobs_root):
+    if argv[0] == "train":
+        argv = [*argv, "--automl-policy", "off"]
+    code = main([*argv, "--jobs-root", str(jobs_root)])
     out = capsys.readouterr().out.strip().splitlines()
     return code, (json.loads(out[-1]) if out else None)
 
@@ -44,9 +46,10 @@ def _run(capsys, argv):
 def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
     monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
     root, data, spec = workspace
-    code, res = _run(capsys, ["train", "-e", str(spec)])
+    code, res = _run(capsys, ["train", "-e", str(spec)], root / "jobs")
     assert code == 0, res
-    names = sorted(p.split("/")[-1] for p in res["checkpoints"])
+    assert res["status"] == "success" and res["route"] == "direct" and res["error"] is None
+    names = sorted(p.split("/")[-1] for p in res["artifacts"]["checkpoints"])
     assert len(names) == 2 and names[0].startswith("model_epoch_000_step_") and names[1].startswith("model_epoch_001")
     assert (root / "train" / "mal_model_latest.pth").is_symlink()
     assert 0.0 <= res["metrics"]["mIoU"] <= 1.0
@@ -57,15 +60,15 @@ def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
     assert ckpt["mal"]["spec"]["model"]["arch"] == "vit-mae-nano/8" and ckpt["epoch"] == 1
 
     # resume: same results dir, one more epoch -> continues from the latest checkpoint
-    code, res2 = _run(capsys, ["train", "-e", str(spec), "--set", "train.num_epochs=3"])
-    assert code == 0 and res2["resumed_from"].endswith(names[1])
-    assert len(res2["checkpoints"]) == 3
+    code, res2 = _run(capsys, ["train", "-e", str(spec), "--set", "train.num_epochs=3"], root / "jobs")
+    assert code == 0 and res2["artifacts"]["resumed_from"].endswith(names[1])
+    assert len(res2["artifacts"]["checkpoints"]) == 3
     ckpt3 = torch.load(root / "train" / "mal_model_latest.pth", weights_only=True)
     assert ckpt3["epoch"] == 2 and ckpt3["global_step"] > ckpt["global_step"]
 
     latest = str(root / "train" / "mal_model_latest.pth")
     code, ev = _run(capsys, ["evaluate", "-e", str(spec), "--set", f"results_dir={root / 'eval'}",
-                             "--set", f"evaluate.checkpoint={latest}"])
+                             "--set", f"evaluate.checkpoint={latest}"], root / "jobs")
     assert code == 0, ev
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(ev["metrics"]["mIoU"]) and metrics["num_instances"] > 0
@@ -75,10 +78,11 @@ def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
     code, inf = _run(capsys, [
         "inference", "-e", str(spec), "--set", f"results_dir={root / 'inf'}", "--set", f"inference.checkpoint={latest}",
         "--set", f"inference.ann_path={data.train_ann_path}", "--set", f"inference.img_dir={data.train_img_dir}",
-        "--set", "inference.save_overlays=true", "--set", "inference.use_flip_test=true"])
+        "--set", "inference.save_overlays=true", "--set", "inference.use_flip_test=true"], root / "jobs")
     assert code == 0, inf
     source = json.loads(data.train_ann_path.read_text())
-    out = json.loads((root / "inf" / "instances_val2017_mal.json").read_text())
+    out = json.loads(open(inf["artifacts"]["label_dump"]).read())
+    assert inf["artifacts"]["label_dump"] == str(root / "inf" / "inference.json")
     assert out["images"] == source["images"] and out["categories"] == source["categories"]
     assert [a["id"] for a in out["annotations"]] == [a["id"] for a in source["annotations"]]
     for ann, src in zip(out["annotations"], source["annotations"], strict=True):
@@ -98,17 +102,21 @@ def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
 def test_wrong_kind_of_checkpoint_and_conflicting_arch_exit_2(workspace, capsys, tmp_path):
     root, data, spec = workspace
     torch.save({"model": {"blocks.0.norm1.weight": torch.ones(4)}}, tmp_path / "mae.pth")
-    code = main(["evaluate", "-e", str(spec), "--set", f"evaluate.checkpoint={tmp_path / 'mae.pth'}"])
-    assert code == 2 and "not a MAL checkpoint" in capsys.readouterr().err
-    code = main(["evaluate", "-e", str(spec), "--set", f"evaluate.checkpoint={tmp_path / 'nope.pth'}"])
-    assert code == 2 and "does not exist" in capsys.readouterr().err
+    jobs = ["--jobs-root", str(tmp_path / "jobs")]
+    code = main(["evaluate", "-e", str(spec), "--set", f"evaluate.checkpoint={tmp_path / 'mae.pth'}", *jobs])
+    out = capsys.readouterr()
+    err = json.loads(out.out.strip().splitlines()[-1])["error"]
+    assert code == 2 and "not a MAL checkpoint" in err["message"] and err["field"] == "evaluate.checkpoint"
+    code = main(["evaluate", "-e", str(spec), "--set", f"evaluate.checkpoint={tmp_path / 'nope.pth'}", *jobs])
+    assert code == 2 and "does not exist" in capsys.readouterr().out
 
 
 def test_bad_input_exit_2_names_the_field(workspace, capsys, tmp_path):
     root, data, spec = workspace
-    assert main(["train", "-e", str(spec), "--set", "train.num_epochs=zero"]) == 2
-    assert "train.num_epochs" in capsys.readouterr().err
+    jobs = ["--jobs-root", str(tmp_path / "jobs"), "--automl-policy", "off"]
+    assert main(["train", "-e", str(spec), "--set", "train.num_epochs=zero", *jobs]) == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]["field"] == "train.num_epochs"
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
-    assert main(["train", "-e", str(spec), "--set", f"dataset.train_ann_path={bad}"]) == 2
-    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["train", "-e", str(spec), "--set", f"dataset.train_ann_path={bad}", *jobs]) == 2
+    assert "not valid JSON" in capsys.readouterr().out

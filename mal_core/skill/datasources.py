@@ -1,0 +1,219 @@
+"""Data-source values: local files/folders, local ``*.tar.gz`` archives, or ``s3://bucket/key`` objects.
+
+Remote objects and archives are fetched once into a cache keyed by URI + ETag (local: size + mtime), and archives
+are extracted safely: absolute names, ``..``, links and device files are rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mal_core.config.skill_info import SkillInfo
+from mal_core.errors import DataError, MalError
+
+log = logging.getLogger(__name__)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+class DataSourceError(MalError):
+    """A data source is missing, unreachable or unsafe."""
+
+    code = "invalid_data_source"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a data-source value ends up locally and how it got there."""
+
+    key: str
+    uri: str
+    local_path: str
+    kind: str
+    cached: bool = False
+    etag: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+
+def default_cache_dir(jobs_root: Path) -> Path:
+    """``$MAL_CACHE_DIR``, else ``<jobs_root>/.cache/datasources``."""
+    env = os.environ.get("MAL_CACHE_DIR")
+    return Path(env) if env else jobs_root / ".cache" / "datasources"
+
+
+def is_archive(name: str) -> bool:
+    """Whether ``name`` looks like a tar archive."""
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _cache_key(uri: str, version: str) -> str:
+    return hashlib.sha256(f"{uri}\n{version}".encode()).hexdigest()[:24]
+
+
+def _check_member(member: tarfile.TarInfo, archive: str) -> None:
+    name = member.name
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        raise DataSourceError(f"unsafe path {name!r} in archive {archive}", field="archive",
+                              hint="archives must hold relative paths without '..'")
+    if member.issym() or member.islnk():
+        raise DataSourceError(f"archive {archive} holds a link {name!r}; links are not allowed", field="archive")
+    if not (member.isfile() or member.isdir()):
+        raise DataSourceError(f"archive {archive} holds a device/special file {name!r}", field="archive")
+
+
+def safe_extract(archive: Path, dest: Path, label: str | None = None) -> Path:
+    """Extract ``archive`` into ``dest`` after checking every member; returns the image root folder.
+
+    The root is ``dest`` itself, or its only entry when the archive holds a single top-level folder.
+    """
+    label = label or str(archive)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, label)
+            tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+            try:
+                tar.extractall(tmp, members=members, filter="data")
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except tarfile.TarError as exc:
+        raise DataSourceError(f"{label} is not a readable tar archive: {exc}", field="archive") from exc
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+def _s3_client() -> Any:
+    import boto3  # lazy
+
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``."""
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise DataSourceError(f"{uri!r} must name one object: s3://bucket/path/file", field="s3")
+    return bucket, key
+
+
+def _s3_error(exc: Exception, uri: str, key: str) -> DataSourceError:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+    if str(code) in ("NoSuchKey", "404", "NotFound"):
+        return DataSourceError(f"{key}: {uri} does not exist (NoSuchKey)", field=key,
+                               hint="check the bucket/key; the data-source table in skill.md lists the file names")
+    if str(code) in ("NoSuchBucket",):
+        return DataSourceError(f"{key}: bucket of {uri} does not exist (NoSuchBucket)", field=key)
+    if str(code) in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return DataSourceError(f"{key}: access to {uri} denied ({code})", field=key,
+                               hint="check AWS credentials (default chain) and AWS_ENDPOINT_URL")
+    return DataSourceError(f"{key}: cannot read {uri}: {exc}", field=key)
+
+
+def s3_head(uri: str, key: str) -> str:
+    """The object's ETag; a clear error when it is missing or unreachable."""
+    from botocore.exceptions import BotoCoreError, ClientError  # lazy
+
+    bucket, obj = split_s3(uri)
+    try:
+        head = _s3_client().head_object(Bucket=bucket, Key=obj)
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(exc, uri, key) from exc
+    return str(head.get("ETag", "")).strip('"')
+
+
+def _fetch_s3(uri: str, key: str, cache: Path) -> tuple[Path, str, bool]:
+    from botocore.exceptions import BotoCoreError, ClientError  # lazy
+
+    etag = s3_head(uri, key)
+    bucket, obj = split_s3(uri)
+    entry = cache / _cache_key(uri, etag)
+    target = entry / PurePosixPath(obj).name
+    if target.is_file():
+        return target, etag, True
+    entry.mkdir(parents=True, exist_ok=True)
+    tmp = entry / f".{target.name}.part"
+    try:
+        _s3_client().download_file(bucket, obj, str(tmp))
+    except (ClientError, BotoCoreError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise _s3_error(exc, uri, key) from exc
+    os.replace(tmp, target)
+    return target, etag, False
+
+
+def _extract_cached(archive: Path, uri: str, version: str, cache: Path, key: str) -> tuple[Path, bool]:
+    dest = cache / _cache_key(uri, version) / "extracted"
+    marker = dest.parent / "extracted.ok"
+    if marker.is_file() and dest.is_dir():
+        root = marker.read_text().strip()
+        return Path(root), True
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root = safe_extract(archive, dest, label=uri)
+    except DataSourceError as exc:
+        raise DataSourceError(f"{key}: {exc.message}", field=key, hint=exc.hint) from exc
+    marker.write_text(str(root))
+    return root, False
+
+
+def resolve_value(key: str, value: str, cache: Path, *, dry_run: bool = False) -> Resolved:
+    """Turn one data-source value into a local path (downloading / extracting into ``cache`` as needed)."""
+    if value.startswith("s3://"):
+        if dry_run:
+            etag = s3_head(value, key)
+            return Resolved(key, value, str(cache / _cache_key(value, etag)), "s3", etag=etag)
+        path, etag, hit = _fetch_s3(value, key, cache)
+        if is_archive(path.name):
+            root, hit2 = _extract_cached(path, value, etag, cache, key)
+            return Resolved(key, value, str(root), "s3_archive", cached=hit and hit2, etag=etag)
+        return Resolved(key, value, str(path), "s3", cached=hit, etag=etag)
+    if "://" in value:
+        raise DataSourceError(f"{key}: unsupported URI scheme in {value!r}; use a local path or s3://",
+                              field=key)
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise DataSourceError(f"{key}: {value} does not exist", field=key)
+    if path.is_file() and is_archive(path.name):
+        st = path.stat()
+        version = f"{st.st_size}-{st.st_mtime_ns}"
+        uri = str(path.resolve())
+        if dry_run:
+            return Resolved(key, value, str(cache / _cache_key(uri, version)), "local_archive")
+        root, hit = _extract_cached(path, uri, version, cache, key)
+        return Resolved(key, value, str(root), "local_archive", cached=hit)
+    return Resolved(key, value, str(path.resolve()), "local")
+
+
+def resolve_data_sources(info: SkillInfo, action: str, values: dict[str, Any], cache: Path, *,
+                         dry_run: bool = False) -> list[Resolved]:
+    """Check and resolve every data-source key of ``action``; a missing mandatory key is an error naming it."""
+    out = []
+    for key, src in info.data_sources.get(action, {}).items():
+        value = values.get(key)
+        if value in (None, ""):
+            if src.optional:
+                continue
+            raise DataSourceError(
+                f"missing data source {key} ({src.source}: {src.path}) for {action}", field=key,
+                hint=f'add it, e.g. --spec-overrides \'{{"{key}": "s3://bucket/data/{src.path}"}}\'')
+        if not isinstance(value, str):
+            raise DataError(f"{key} must be a path or s3:// URI, got {value!r}", field=key)
+        out.append(resolve_value(key, value, cache, dry_run=dry_run))
+    return out

@@ -1,0 +1,82 @@
+"""Apply skill_info ``spec_params`` (output_dir, parent_model, create_inference_result_file_mal, resume_model,
+ptm_if_no_resume_model) to a spec tree; explicitly given spec values always win."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mal_core.config.skill_info import SkillInfo
+from mal_core.errors import MalError
+from mal_core.skill.parents import ParentCheckpoint, numbered_checkpoints
+
+INFERENCE_FILE = "inference.json"
+
+
+class MappingError(MalError):
+    """A spec_params mapping cannot be applied (e.g. parent_model without a parent job)."""
+
+    code = "missing_parent"
+
+
+def get_dotted(tree: dict[str, Any], key: str) -> Any:
+    """Value at a dotted key, or None."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key, creating sections."""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def apply_mappings(info: SkillInfo, action: str, tree: dict[str, Any], explicit: set[str], results_dir: Path,
+                   parent: ParentCheckpoint | None) -> dict[str, dict[str, Any]]:
+    """Fill mapped keys of ``tree`` in place; returns ``{key: {function, value, applied, reason}}``."""
+    resume = numbered_checkpoints(results_dir)
+    resume_path = str(resume[-1][2]) if resume else None
+
+    def parent_model() -> tuple[Any, str]:
+        if parent is None:
+            return None, "no --parent-job-id"
+        return parent.path, f"{parent.method} checkpoint of parent job {parent.job_id}"
+
+    # the label file goes where the action writes: an explicit results_dir wins over the job folder
+    out_dir = Path(tree["results_dir"]) if "results_dir" in explicit and tree.get("results_dir") else results_dir
+    functions: dict[str, Callable[[], tuple[Any, str]]] = {
+        "output_dir": lambda: (str(results_dir), "job results folder"),
+        "create_inference_result_file_mal": lambda: (str(out_dir / INFERENCE_FILE), "inference JSON in results_dir"),
+        "parent_model": parent_model,
+        "resume_model": lambda: (resume_path, "newest checkpoint of this job" if resume_path else "nothing to resume"),
+        "ptm_if_no_resume_model": lambda: (
+            (None, "resuming; pretrained weights are ignored") if resume_path
+            else (None, "no pretrained-model registry; the spec value is kept")),
+    }
+    report: dict[str, dict[str, Any]] = {}
+    for key, fn in info.spec_params.get(action, {}).items():
+        current = get_dotted(tree, key)
+        if key in explicit and current not in (None, ""):
+            report[key] = {"function": fn, "value": current, "applied": False, "reason": "explicit spec value wins"}
+            continue
+        if fn not in functions:
+            report[key] = {"function": fn, "value": current, "applied": False, "reason": "unknown function"}
+            continue
+        value, reason = functions[fn]()
+        if value is None:
+            if fn == "parent_model" and current in (None, ""):
+                raise MappingError(f"{key} is needed for {action}: pass --parent-job-id (the train job) or set {key}",
+                                   field=key, hint="e.g. --parent-job-id train-20250101-120000-1a2b3c")
+            report[key] = {"function": fn, "value": current, "applied": False, "reason": reason}
+            continue
+        set_dotted(tree, key, value)
+        report[key] = {"function": fn, "value": value, "applied": True, "reason": reason}
+    return report

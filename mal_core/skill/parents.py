@@ -1,0 +1,193 @@
+"""Resolve ``--parent-job-id`` to one checkpoint file in the parent's results (best by mIoU, latest, or epoch N).
+
+Only numbered ``model_epoch_<EEE>_step_<SSSSS>.pth`` regular files count: never ``.ckpt`` leftovers, anything under
+``lightning_logs`` or ``*_latest*`` links, unless a file name is asked for explicitly. An AutoML parent resolves to
+its best trial's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mal_core.errors import MalError
+from mal_core.skill.jobs import check_job_id, read_job
+
+CKPT_RE = re.compile(r"^model_epoch_(\d+)_step_(\d+)\.pth$")
+HISTORY_FILE = "validation_history.jsonl"
+METRIC = "mIoU"
+
+
+class ParentError(MalError):
+    """The parent job or a checkpoint in it cannot be found."""
+
+    code = "invalid_parent"
+
+
+@dataclass(frozen=True)
+class ParentCheckpoint:
+    """The chosen checkpoint and how it was chosen."""
+
+    job_id: str
+    path: str
+    method: str
+    epoch: int | None
+    step: int | None
+    metric: float | None
+    lookup_dir: str
+    trial_id: str | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+
+def numbered_checkpoints(folder: Path) -> list[tuple[int, int, Path]]:
+    """(epoch, step, path) of numbered checkpoint files directly in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_file() and not p.is_symlink():
+            out.append((int(m.group(1)), int(m.group(2)), p))
+    return sorted(out)
+
+
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """Validation records of a train results folder (``validation_history.jsonl``); bad lines are skipped."""
+    path = folder / HISTORY_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            out.append(rec)
+    return out
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def checkpoint_metric(epoch: int, step: int, path: Path, history: list[dict[str, Any]]) -> float | None:
+    """mIoU of the last validation before a checkpoint: from the history, else from the checkpoint's record."""
+    before = [r for r in history if int(r.get("step", -1)) <= step]
+    if before:
+        return _finite(max(before, key=lambda r: (int(r["step"]), int(r.get("epoch", 0))))[METRIC])
+    if history:
+        return None
+    from mal_core.model.weights import torch_load  # lazy: torch
+
+    try:
+        obj = torch_load(path)
+    except Exception:  # an unreadable file simply has no metric
+        return None
+    metrics = obj.get("mal", {}).get("metrics", {}) if isinstance(obj, dict) else {}
+    return _finite(metrics.get(METRIC))
+
+
+def lookup_folder(jobs_root: Path, parent_id: str) -> tuple[Path, dict[str, Any] | None, str | None]:
+    """The folder holding the parent's checkpoints (best trial for an AutoML parent), its record, the trial id."""
+    check_job_id(parent_id, field="parent_job_id")
+    job_dir = jobs_root / parent_id
+    if not job_dir.is_dir():
+        raise ParentError(f"parent job {parent_id!r} does not exist under {jobs_root}", field="parent_job_id",
+                          hint="pass the job_id printed by the train run, and the same --jobs-root")
+    record = read_job(job_dir)
+    if record is None:
+        return job_dir, None, None
+    if record.get("action") not in (None, "train"):
+        raise ParentError(f"parent job {parent_id!r} ran {record.get('action')!r}; a parent must be a train job",
+                          field="parent_job_id")
+    automl = record.get("automl")
+    if record.get("route") == "automl" or automl:
+        best = (automl or {}).get("best_trial")
+        if not best:
+            raise ParentError(f"AutoML parent {parent_id!r} has no best trial yet (status {record.get('status')})",
+                              field="parent_job_id", hint="wait for the experiment to finish or resume it")
+        return Path(best["results_dir"]), record, str(best.get("trial_id"))
+    return Path(record.get("checkpoint_dir") or job_dir), record, None
+
+
+def parse_method(text: str | None) -> tuple[str, int | None, str | None]:
+    """``best`` (default), ``latest``, ``epoch:N`` / an integer, or a file name in the parent folder."""
+    if not text or text == "best":
+        return "best", None, None
+    if text == "latest":
+        return "latest", None, None
+    m = re.fullmatch(r"(?:epoch[:=_]?)?(\d+)", text)
+    if m:
+        return "epoch", int(m.group(1)), None
+    if "/" in text or text in (".", ".."):
+        raise ParentError(f"--parent-checkpoint {text!r} must be best, latest, epoch:N or a file name",
+                          field="parent_checkpoint")
+    return "file", None, text
+
+
+def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None) -> ParentCheckpoint:
+    """Pick one checkpoint of job ``parent_id``; :class:`ParentError` when there is none."""
+    method, epoch, name = parse_method(choose)
+    folder, _record, trial = lookup_folder(jobs_root, parent_id)
+    base = {"job_id": parent_id, "lookup_dir": str(folder), "trial_id": trial}
+    if method == "file":
+        path = folder / str(name)
+        if not path.is_file():
+            raise ParentError(f"{path} does not exist in parent job {parent_id!r}", field="parent_checkpoint")
+        return ParentCheckpoint(path=str(path.resolve()), method="file", epoch=None, step=None, metric=None, **base)
+    ckpts = numbered_checkpoints(folder)
+    if not ckpts:
+        raise ParentError(f"parent job {parent_id!r} has no model_epoch_*_step_*.pth checkpoint in {folder}",
+                          field="parent_job_id", hint="train it first (or check train.checkpoint_interval)")
+    if method == "epoch":
+        hits = [c for c in ckpts if c[0] == epoch]
+        if not hits:
+            raise ParentError(f"parent job {parent_id!r} has no checkpoint of epoch {epoch}; epochs saved: "
+                              f"{sorted({c[0] for c in ckpts})}", field="parent_checkpoint")
+        e, s, p = hits[-1]
+        return ParentCheckpoint(path=str(p), method="epoch", epoch=e, step=s, metric=None, **base)
+    history = read_history(folder)
+    scored = [(checkpoint_metric(e, s, p, history), e, s, p) for e, s, p in ckpts]
+    if method == "best":
+        finite = [t for t in scored if t[0] is not None]
+        if finite:
+            m, e, s, p = max(finite, key=lambda t: (t[0], t[2]))
+            return ParentCheckpoint(path=str(p), method="best", epoch=e, step=s, metric=m, **base)
+        note = "no checkpoint has a recorded mIoU; fell back to the latest"
+    else:
+        note = None
+    m, e, s, p = scored[-1]
+    return ParentCheckpoint(path=str(p), method="latest", epoch=e, step=s, metric=m, note=note, **base)
+
+
+def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:
+    """The resolved spec the parent trained with (its ``spec.yaml``), for a torch-free model-setting check."""
+    import yaml
+
+    folder, _record, _trial = lookup_folder(jobs_root, parent_id)
+    for path in (folder / "train_spec.yaml", jobs_root / parent_id / "spec.yaml"):
+        if path.is_file():
+            data = yaml.safe_load(path.read_text())
+            if isinstance(data, dict):
+                return data
+    return None
+
+
+def resolve_parent_in_folder(folder: Path) -> str | None:
+    """Best-by-mIoU checkpoint path of a train results folder, or None when it holds none."""
+    ckpts = numbered_checkpoints(folder)
+    if not ckpts:
+        return None
+    history = read_history(folder)
+    scored = [(checkpoint_metric(e, s, p, history), s, p) for e, s, p in ckpts]
+    finite = [t for t in scored if t[0] is not None]
+    return str(max(finite, key=lambda t: (t[0], t[1]))[2] if finite else ckpts[-1][2])

@@ -1,0 +1,384 @@
+"""``runners/<action>.py`` and ``mal <action>``: resolve policy, route, job, parent, data sources and spec, run, and
+print one JSON object as the last line of stdout (human logs go to stderr).
+
+Exit codes: 0 success (or a dry-run plan), 2 bad input (nothing ran), 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mal_core.errors import MalError, SpecError
+from mal_core.utils.io import json_safe
+
+log = logging.getLogger("mal.runner")
+SKILL_ROOT = Path(__file__).resolve().parents[2]
+OOM_HINT = "lower dataset.crop_size (512 -> 384 -> 256) or use a smaller model.arch (e.g. vit-mae-base/16 " \
+           "instead of large)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise MalError(f"bad arguments: {message}", field="argv", hint=f"see `{self.prog} --help`")
+
+
+def _shorthand_keys(root: Path) -> dict[str, str]:
+    try:
+        data = yaml.safe_load((root / "references" / "skill_info.yaml").read_text())
+        keys = data.get("spec_shorthand_keys", {}) if isinstance(data, dict) else {}
+        return {str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def build_parser(action: str, root: Path = SKILL_ROOT) -> argparse.ArgumentParser:
+    """Argument parser of one action (``prog`` is ``mal <action>``)."""
+    p = _Parser(prog=f"mal {action}", description=f"Run the MAL {action} action as a job; the last stdout line is "
+                "a JSON result. Exit codes: 0 success, 2 bad input, 1 runtime failure.")
+    p.add_argument("--spec", "-e", help="experiment spec YAML (default: references/spec_template_<action>.yaml)")
+    p.add_argument("--spec-overrides", help='JSON object of dotted keys, e.g. \'{"train.num_epochs": 5}\'')
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one dotted spec key (repeatable; value read as YAML)")
+    p.add_argument("--automl-policy", choices=["auto", "on", "off"], help="per-run AutoML override (train)")
+    p.add_argument("--request", help="the user's ask in free text (read for AutoML on/off phrases)")
+    p.add_argument("--automl-settings", help="JSON: automl_algorithm, automl_max_recommendations, ...")
+    p.add_argument("--parent-job-id", help="train (or AutoML) job whose checkpoint feeds this action")
+    p.add_argument("--parent-checkpoint", help="best (default), latest, epoch:N, or a file name in the parent")
+    p.add_argument("--job-id", help="job id (default: generated); reusing a train job id resumes it")
+    p.add_argument("--jobs-root", help="jobs folder (default: $MAL_JOBS_ROOT or ./mal_jobs)")
+    p.add_argument("--skill-root", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dry-run", action="store_true", help="resolve and validate, print the plan, run nothing")
+    group = p.add_argument_group("shorthand keys (from skill_info.yaml spec_shorthand_keys)")
+    for short, key in _shorthand_keys(root).items():
+        group.add_argument(f"--{short}", dest=f"short__{short}", metavar="VALUE", help=f"same as --set {key}=VALUE")
+    return p
+
+
+# ----- spec assembly -----------------------------------------------------------------------------------------------
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def collect_overrides(args: argparse.Namespace, shorthand: dict[str, str]) -> list[tuple[str, Any]]:
+    """Ordered (dotted key, value): --spec-overrides, then --set, then shorthand flags (later wins)."""
+    from mal_core.config.loader import parse_override
+
+    out: list[tuple[str, Any]] = []
+    if args.spec_overrides:
+        try:
+            data = json.loads(args.spec_overrides)
+        except ValueError as exc:
+            raise SpecError(f"--spec-overrides is not valid JSON: {exc}", field="spec_overrides") from exc
+        if not isinstance(data, dict):
+            raise SpecError("--spec-overrides must be a JSON object of dotted keys", field="spec_overrides")
+        out += [(shorthand.get(k, k), v) for k, v in data.items()]
+    out += [parse_override(o) for o in args.overrides]
+    for name, value in vars(args).items():
+        if name.startswith("short__") and value is not None:
+            out.append((shorthand[name[len("short__"):]], yaml.safe_load(value) if value.strip() else ""))
+    return out
+
+
+def assemble_spec(action: str, spec_path: str | None, overrides: list[tuple[str, Any]],
+                  root: Path) -> tuple[dict[str, Any], set[str]]:
+    """The canonical spec tree and its explicit keys (overrides, and spec-file values that differ from defaults)."""
+    from mal_core.config import ExperimentConfig, parse_spec, spec_to_dict
+    from mal_core.config.experiment import KEY_ALIASES
+    from mal_core.config.loader import read_yaml
+
+    base = read_yaml(spec_path) if spec_path else read_yaml(root / "references" / f"spec_template_{action}.yaml")
+    file_cfg, file_keys = parse_spec(base)
+    defaults = ExperimentConfig()
+    explicit = {k for k in file_keys if _get(file_cfg, k) != _get(defaults, k)} if spec_path else set()
+    cfg, _ = parse_spec(base, dict(overrides))
+    explicit |= {KEY_ALIASES.get(k, k) for k, _ in overrides}
+    return spec_to_dict(cfg), explicit
+
+
+def check_model_conflicts(tree: dict[str, Any], explicit: set[str], stored: dict[str, Any], source: str) -> None:
+    """An explicit model setting (or crop size) that differs from the parent's is an error."""
+    from mal_core.skill.mappings import get_dotted
+
+    for key in sorted(explicit):
+        if not (key.startswith("model.") or key == "dataset.crop_size") or key == "model.teacher_momentum":
+            continue
+        want = get_dotted(stored, key)
+        have = get_dotted(tree, key)
+        if want is not None and have != want:
+            raise SpecError(f"{key}={have!r} conflicts with the parent checkpoint {source}, trained with {want!r}",
+                            field=key, hint=f"drop {key}; evaluate/inference read it from the checkpoint")
+
+
+def validate_against_schema(tree: dict[str, Any], action: str, root: Path) -> None:
+    """Validate the resolved spec against ``schemas/<action>.schema.json`` (when packaged)."""
+    path = root / "schemas" / f"{action}.schema.json"
+    if not path.is_file():
+        return
+    import jsonschema
+
+    schema = json.loads(path.read_text())
+    doc = {k: v for k, v in tree.items() if k in schema.get("properties", {})}
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "spec"
+        raise SpecError(f"resolved spec fails {path.name} at {key}: {err.message}", field=key)
+
+
+# ----- running -----------------------------------------------------------------------------------------------------
+
+
+def _train_artifacts(result: dict[str, Any]) -> dict[str, Any]:
+    from mal_core.skill.parents import resolve_parent_in_folder
+
+    return {"checkpoints": result.get("checkpoints", []), "latest_checkpoint": result.get("latest_checkpoint"),
+            "best_checkpoint": resolve_parent_in_folder(Path(result["results_dir"])),
+            "validation_history": result.get("validation_history"), "resumed_from": result.get("resumed_from")}
+
+
+def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the engine; returns (artifacts, metrics)."""
+    from mal_core.config import check_for_action, parse_spec
+
+    cfg, _ = parse_spec(tree)
+    check_for_action(cfg, action)
+    if action == "train":
+        from mal_core.engine.train import run_train
+
+        result = run_train(cfg)
+        return _train_artifacts(result), dict(result.get("metrics") or {})
+    if action == "evaluate":
+        from mal_core.engine.evaluate import run_evaluate
+
+        result = run_evaluate(cfg, explicit_keys=explicit)
+        return {"metrics_json": result.get("metrics_file"), "checkpoint": result.get("checkpoint")}, \
+            dict(result.get("metrics") or {})
+    from mal_core.engine.inference import run_inference
+
+    result = run_inference(cfg, explicit_keys=explicit)
+    arts = {"label_dump": result.get("label_file"), "checkpoint": result.get("checkpoint"),
+            "num_labelled": result.get("num_labelled")}
+    if result.get("overlay_dir"):
+        arts["overlays"] = result["overlay_dir"]
+    return arts, dict(result.get("metrics") or {})
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _runtime_error(exc: BaseException) -> dict[str, Any]:
+    if _is_oom(exc):
+        return {"code": "cuda_oom", "message": f"CUDA out of memory: {str(exc).splitlines()[0][:300]}",
+                "field": "dataset.crop_size", "hint": OOM_HINT}
+    return {"code": "runtime_error", "message": f"{type(exc).__name__}: {str(exc)[:500]}", "field": None,
+            "hint": "see the job log under logs/"}
+
+
+def _setup_logging() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def main(action: str, argv: list[str] | None = None) -> int:
+    """Run ``action`` from command-line arguments; prints the JSON result line; returns the exit code."""
+    real_stdout = sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        root = Path(os.environ.get("MAL_SKILL_ROOT") or SKILL_ROOT)
+        try:
+            build_parser(action, root).parse_args(["--help"])
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    out: dict[str, Any] = {"action": action, "job_id": None, "status": "failure", "route": None,
+                           "automl_policy": None, "automl_policy_reason": None, "route_reason": None,
+                           "message": None, "results_dir": None, "spec_path": None, "artifacts": {},
+                           "metrics": {}, "error": None}
+    handlers = [_setup_logging()]
+    t0 = time.time()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            code = _main(action, argv, out, handlers)
+    finally:
+        for h in handlers:
+            logging.getLogger().removeHandler(h)
+            h.close()
+    out["seconds"] = round(time.time() - t0, 2)
+    print(json.dumps(json_safe(out), default=str), file=real_stdout, flush=True)
+    return code
+
+
+def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logging.Handler]) -> int:
+    from mal_core.skill.jobs import Job, default_jobs_root
+
+    job: Job | None = None
+    ran = False
+    try:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--skill-root")
+        known, _ = pre.parse_known_args(argv)
+        root = Path(known.skill_root or os.environ.get("MAL_SKILL_ROOT") or SKILL_ROOT).resolve()
+        args = build_parser(action, root).parse_args(argv)
+        plan = _resolve(action, args, root, out)
+        if args.dry_run:
+            out.update(status="planned", plan=plan)
+            return 0
+        jobs_root = default_jobs_root(args.jobs_root)
+        job = Job.create(jobs_root, action, out["job_id"], parent_id=args.parent_job_id)
+        handlers.append(job.log_handler())
+        logging.getLogger().addHandler(handlers[-1])
+        spec_file = job.dir / "spec.yaml"
+        from mal_core.utils.io import atomic_write_text
+
+        atomic_write_text(spec_file, yaml.safe_dump(plan["spec"], sort_keys=False))
+        out["spec_path"] = str(spec_file)
+        job.update(route=out["route"], automl_policy=out["automl_policy"], route_reason=out["route_reason"],
+                   spec_path=str(spec_file), parent=plan.get("parent"), data_sources=plan.get("data_sources"),
+                   mappings=plan.get("mappings"), request=args.request)
+        job.transition("running")
+        ran = True
+        if out["route"] == "automl":
+            arts, metrics = _run_automl(job, plan, root)
+        else:
+            arts, metrics = run_direct(action, plan["spec"], set(plan["explicit_keys"]))
+        out.update(artifacts=arts, metrics=metrics, status="success")
+        ckpt_dir = (plan["spec"]["train"].get("results_dir") or plan["spec"]["results_dir"]) if action == "train" \
+            else None
+        job.finish(True, artifacts=arts, metrics=metrics, checkpoint_dir=ckpt_dir)
+        return 0
+    except MalError as exc:
+        out.update(status="failure", error=exc.to_dict())
+        log.error("%s%s", exc.message, f" (field: {exc.field})" if exc.field else "")
+        if exc.hint:
+            log.error("hint: %s", exc.hint)
+        if job is not None:
+            job.finish(False, error=out["error"])
+        return 2 if not ran or exc.code != "automl_failed" else 1
+    except Exception as exc:  # runtime failure: record it and exit 1
+        log.exception("%s failed", action)
+        out.update(status="failure", error=_runtime_error(exc))
+        if job is not None:
+            job.finish(False, error=out["error"])
+        return 1
+
+
+def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run needs, without side effects: fills ``res`` as it goes and returns the plan."""
+    from mal_core.config import check_for_action, parse_spec
+    from mal_core.config.skill_info import load_skill_info
+    from mal_core.skill.datasources import default_cache_dir, resolve_data_sources
+    from mal_core.skill.jobs import check_job_id, default_jobs_root, new_job_id
+    from mal_core.skill.mappings import apply_mappings, get_dotted, set_dotted
+    from mal_core.skill.parents import parent_spec, resolve_parent
+    from mal_core.skill.policy import decide_route, resolve_policy
+
+    info = load_skill_info(root / "references" / "skill_info.yaml")
+    decision = resolve_policy(args.automl_policy, args.request)
+    res.update(automl_policy=decision.policy, automl_policy_reason=decision.reason)
+    route = decide_route(action, decision, info, root)
+    res.update(route=route.route, route_reason=route.reason, message=route.message)
+    if route.message:
+        log.warning("%s", route.message)
+    tree, explicit = assemble_spec(action, args.spec, collect_overrides(args, info.spec_shorthand_keys), root)
+    jobs_root = default_jobs_root(args.jobs_root)
+    job_id = check_job_id(args.job_id) if args.job_id else new_job_id(action)
+    results_dir = jobs_root / job_id
+    res.update(job_id=job_id, results_dir=str(results_dir), spec_path=str(results_dir / "spec.yaml"))
+    parent = None
+    if args.parent_job_id:
+        parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint)
+        stored = parent_spec(jobs_root, args.parent_job_id)
+        if action != "train" and stored:
+            check_model_conflicts(tree, explicit, stored, parent.path)
+    sources = resolve_data_sources(info, action, {k: get_dotted(tree, k) for k in info.data_sources[action]},
+                                   default_cache_dir(jobs_root), dry_run=args.dry_run)
+    if not args.dry_run:
+        for src in sources:
+            set_dotted(tree, src.key, src.local_path)
+    if action == "train" and parent is not None and "train.pretrained_model_path" not in explicit:
+        set_dotted(tree, "train.pretrained_model_path", parent.path)  # fine-tune from the parent
+    mappings = apply_mappings(info, action, tree, explicit, results_dir, parent)
+    cfg, _ = parse_spec(tree)
+    check_for_action(cfg, action)
+    validate_against_schema(tree, action, root)
+    plan: dict[str, Any] = {"spec": tree, "explicit_keys": sorted(explicit), "mappings": mappings,
+                            "data_sources": [s.to_dict() for s in sources],
+                            "parent": parent.to_dict() if parent else None, "schema_valid": True}
+    if route.route == "automl":
+        plan["automl"] = _automl_plan(args.automl_settings, tree, root)
+    elif args.automl_settings:
+        plan["automl_settings_ignored"] = "route is direct"
+    return plan
+
+
+def _automl_plan(raw: str | None, tree: dict[str, Any], root: Path) -> dict[str, Any]:
+    from mal_core.skill.hpo import build_search_space, epochs_for, parse_settings
+
+    settings = parse_settings(raw)
+    schema = json.loads((root / "schemas" / "train.schema.json").read_text())
+    epochs = epochs_for(settings, int(tree["train"]["num_epochs"]))
+    flat = _flatten(tree)
+    flat["train.num_epochs"] = epochs
+    rows = build_search_space(schema, settings, flat)
+    return {"settings": settings.model_dump(), "search_space": rows, "epochs_per_trial": epochs, "metric": "mIoU",
+            "mode": "max", "ray_address": os.environ.get("RAY_ADDRESS") or "local"}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _run_automl(job: Any, plan: dict[str, Any], root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from mal_core.skill.hpo import parse_settings, run_automl
+
+    auto = plan["automl"]
+    settings = parse_settings(auto["settings"])
+    job.update(automl={**auto, "trials": [], "best_trial": None})
+    res = run_automl(base_tree=plan["spec"], rows=auto["search_space"], settings=settings, exp_dir=job.dir,
+                     skill_root=root)
+    best = res["best_trial"]
+    job.update(automl={**auto, **res})
+    if best is None:
+        errors = [t["error"] for t in res["trials"] if t.get("error")]
+        if any("out of memory" in (e or "").lower() for e in errors):
+            raise _AutomlFailed("every AutoML trial failed: CUDA out of memory", field="dataset.crop_size",
+                                hint=OOM_HINT)
+        raise _AutomlFailed(f"every AutoML trial failed or reported no finite mIoU ({len(res['trials'])} trials)"
+                            + (f"; first error: {errors[0]}" if errors else ""), hint="see job.json automl.trials")
+    arts = {"best_checkpoint": best["checkpoint"], "best_trial": best["trial_id"],
+            "best_trial_results_dir": best["results_dir"], "experiment_path": res["experiment_path"],
+            "trials": [{k: t[k] for k in ("trial_id", "status", "mIoU", "checkpoint")} for t in res["trials"]]}
+    metrics = {"mIoU": best["mIoU"]} if best["mIoU"] is not None and math.isfinite(best["mIoU"]) else {}
+    return arts, metrics
+
+
+class _AutomlFailed(MalError):
+    code = "automl_failed"

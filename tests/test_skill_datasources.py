@@ -1,0 +1,121 @@
+"""Data sources: local paths and archives, and S3 through a moto server on 127.0.0.1 (no in-process mock)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from mal_core.skill.datasources import DataSourceError, resolve_value, safe_extract
+from mal_core.skill.runner import main
+from mal_core.skill.testing import last_json_line
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="data")
+    return client
+
+
+def _tar(files: dict[str, bytes], prefix: str = "images/") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(prefix + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _evil_tar(kind: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo({"dotdot": "../escape.txt", "abs": "/tmp/abs.txt"}.get(kind, "img/link"))
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        elif kind == "device":
+            info.type = tarfile.CHRTYPE
+        else:
+            info.size = 1
+        tar.addfile(info, io.BytesIO(b"x") if info.size else None)
+    return buf.getvalue()
+
+
+def test_s3_archive_and_file_with_cache(s3: object, tmp_path: Path) -> None:
+    s3.put_object(Bucket="data", Key="train/images.tar.gz", Body=_tar({"a.png": b"1", "b.png": b"2"}))
+    s3.put_object(Bucket="data", Key="train/annotations.json", Body=b'{"images": []}')
+    cache = tmp_path / "cache"
+    got = resolve_value("dataset.train_img_dir", "s3://data/train/images.tar.gz", cache)
+    assert got.kind == "s3_archive" and not got.cached and got.etag
+    assert sorted(p.name for p in Path(got.local_path).iterdir()) == ["a.png", "b.png"]
+    again = resolve_value("dataset.train_img_dir", "s3://data/train/images.tar.gz", cache)
+    assert again.cached and again.local_path == got.local_path
+    ann = resolve_value("dataset.train_ann_path", "s3://data/train/annotations.json", cache)
+    assert json.loads(Path(ann.local_path).read_text()) == {"images": []}
+    # a new object version (new ETag) is a new cache entry
+    s3.put_object(Bucket="data", Key="train/images.tar.gz", Body=_tar({"c.png": b"3"}))
+    newer = resolve_value("dataset.train_img_dir", "s3://data/train/images.tar.gz", cache)
+    assert newer.local_path != got.local_path and [p.name for p in Path(newer.local_path).iterdir()] == ["c.png"]
+
+
+def test_s3_no_such_key(s3: object, tmp_path: Path) -> None:
+    with pytest.raises(DataSourceError, match="NoSuchKey") as err:
+        resolve_value("dataset.val_ann_path", "s3://data/missing/annotations.json", tmp_path)
+    assert err.value.field == "dataset.val_ann_path"
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "abs", "symlink", "device"])
+def test_s3_malicious_tar_is_rejected(s3: object, tmp_path: Path, kind: str) -> None:
+    s3.put_object(Bucket="data", Key=f"evil/{kind}.tar.gz", Body=_evil_tar(kind))
+    with pytest.raises(DataSourceError) as err:
+        resolve_value("dataset.train_img_dir", f"s3://data/evil/{kind}.tar.gz", tmp_path / "cache")
+    assert err.value.field == "dataset.train_img_dir"
+    assert not (tmp_path / "escape.txt").exists() and not Path("/tmp/abs.txt").exists()
+
+
+def test_local_archive_and_missing_path(tmp_path: Path) -> None:
+    archive = tmp_path / "images.tar.gz"
+    archive.write_bytes(_tar({"x.png": b"1"}, prefix=""))
+    got = resolve_value("inference.img_dir", str(archive), tmp_path / "cache")
+    assert got.kind == "local_archive" and (Path(got.local_path) / "x.png").is_file()
+    with pytest.raises(DataSourceError, match="does not exist"):
+        resolve_value("inference.img_dir", str(tmp_path / "nope"), tmp_path)
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"not a tar")
+    with pytest.raises(DataSourceError, match="not a readable tar"):
+        safe_extract(bad, tmp_path / "out")
+
+
+def test_runner_s3_sources(s3: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s3.put_object(Bucket="data", Key="eval/images.tar.gz", Body=_tar({"a.png": b"1"}))
+    jobs = tmp_path / "jobs"
+    over = {"inference.img_dir": "s3://data/eval/images.tar.gz", "inference.ann_path": "s3://data/eval/annotations.json",
+            "inference.checkpoint": str(tmp_path / "m.pth")}
+    rc = main("inference", ["--jobs-root", str(jobs), "--dry-run", "--spec-overrides", json.dumps(over)])
+    out = last_json_line(capsys.readouterr().out)
+    assert rc == 2 and out["error"]["field"] == "inference.ann_path" and "NoSuchKey" in out["error"]["message"]
+    s3.put_object(Bucket="data", Key="eval/annotations.json", Body=b"{}")
+    rc = main("inference", ["--jobs-root", str(jobs), "--dry-run", "--spec-overrides", json.dumps(over)])
+    out = last_json_line(capsys.readouterr().out)
+    assert rc == 0 and {s["kind"] for s in out["plan"]["data_sources"]} == {"s3"}

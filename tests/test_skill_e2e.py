@@ -1,0 +1,59 @@
+"""End to end through the runner: direct train, then evaluate and inference chained by the parent job id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mal_core.skill.jobs import read_job
+from mal_core.skill.runner import main
+from mal_core.skill.testing import TINY_OVERRIDES, last_json_line, tiny_dataset
+
+
+def _run(capsys: pytest.CaptureFixture[str], action: str, argv: list[str]) -> tuple[int, dict]:
+    rc = main(action, argv)
+    return rc, last_json_line(capsys.readouterr().out)
+
+
+def test_train_then_evaluate_and_inference_by_parent(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
+    monkeypatch.setenv("MAL_JOBS_ROOT", str(tmp_path / "jobs"))
+    jobs = tmp_path / "jobs"
+    data = tiny_dataset(tmp_path / "data")
+    rc, train = _run(capsys, "train", ["--request", "plain training, no HPO please", "--job-id", "t1",
+                                       "--spec-overrides", json.dumps({**TINY_OVERRIDES, **data})])
+    assert rc == 0, train["error"]
+    assert train["status"] == "success" and train["route"] == "direct" and train["automl_policy"] == "off"
+    assert train["results_dir"] == str(jobs / "t1") and Path(train["spec_path"]).is_file()
+    assert len(train["artifacts"]["checkpoints"]) == 2 and Path(train["artifacts"]["best_checkpoint"]).is_file()
+    assert 0.0 <= train["metrics"]["mIoU"] <= 1.0
+    rec = read_job(jobs / "t1")
+    assert [t["state"] for t in rec["transitions"]] == ["pending", "running", "success"]
+    assert (jobs / "t1" / "logs" / "train.log").is_file()
+
+    val = {"dataset.val_img_dir": data["dataset.val_img_dir"], "dataset.val_ann_path": data["dataset.val_ann_path"]}
+    rc, ev = _run(capsys, "evaluate", ["--parent-job-id", "t1", "--job-id", "e1", "--spec-overrides", json.dumps(val)])
+    assert rc == 0, ev["error"]
+    assert ev["route"] == "direct" and ev["artifacts"]["checkpoint"] == train["artifacts"]["best_checkpoint"]
+    metrics = json.loads(Path(ev["artifacts"]["metrics_json"]).read_text())
+    assert metrics["mIoU"] == pytest.approx(ev["metrics"]["mIoU"])
+    assert read_job(jobs / "e1")["parent_id"] == "t1"
+
+    inf = {"inference.img_dir": data["dataset.val_img_dir"], "inference.ann_path": data["dataset.val_ann_path"],
+           "inference.save_overlays": True, "inference.max_overlays": 1}
+    rc, lab = _run(capsys, "inference", ["--parent-job-id", "t1", "--parent-checkpoint", "latest", "--job-id", "i1",
+                                         "--spec-overrides", json.dumps(inf)])
+    assert rc == 0, lab["error"]
+    assert lab["artifacts"]["label_dump"] == str(jobs / "i1" / "inference.json")
+    labelled = json.loads(Path(lab["artifacts"]["label_dump"]).read_text())
+    assert labelled["annotations"] and all("segmentation" in a for a in labelled["annotations"])
+    assert lab["artifacts"]["checkpoint"].endswith("model_epoch_001_step_00004.pth")
+    assert Path(lab["artifacts"]["overlays"]).is_dir()
+
+    # an explicit model setting that conflicts with the parent's checkpoint is refused
+    rc, bad = _run(capsys, "inference", ["--parent-job-id", "t1", "--spec-overrides", json.dumps(inf),
+                                         "--arch", "vit-mae-base/16"])
+    assert rc == 2 and bad["error"]["field"] == "model.arch"

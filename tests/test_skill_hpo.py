@@ -1,0 +1,110 @@
+"""Search space from the train schema, settings validation, and a real 2-trial Ray Tune run on tiny data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mal_core.skill.hpo import AutomlError, build_search_space, parse_settings, repair_dependencies, to_ray_space
+from mal_core.skill.jobs import read_job
+from mal_core.skill.parents import resolve_parent
+from mal_core.skill.runner import main
+from mal_core.skill.testing import TINY_OVERRIDES, last_json_line, tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "schemas" / "train.schema.json").read_text())
+
+
+def _space(settings: dict, spec: dict | None = None) -> dict[str, dict]:
+    rows = build_search_space(SCHEMA, parse_settings(settings), spec or {"train.num_epochs": 10})
+    return {r["key"]: r for r in rows}
+
+
+def test_default_space_from_schema() -> None:
+    space = _space({})
+    assert set(space) == set(SCHEMA["automl_default_parameters"])
+    assert space["train.lr"]["log"] and (space["train.lr"]["low"], space["train.lr"]["high"]) == (1e-7, 1e-5)
+    assert not space["model.teacher_momentum"]["log"]
+    assert space["train.warmup_epochs"]["high"] == 9  # "< depends_on" with num_epochs 10
+    assert space["train.crf_value_high_thres"]["low"] >= 0.5
+
+
+def test_requested_params_enums_ints_and_ranges() -> None:
+    space = _space({"automl_hyperparameters": '["model.arch", "dataset.crop_size", "train.wd", "train.lr"]',
+                    "automl_range_override": [{"parameter": "dataset.crop_size", "valid_min": 100, "valid_max": 300},
+                                              {"parameter": "model.arch",
+                                               "valid_options": ["vit-mae-nano/8", "vit-mae-base/16"]}]})
+    crop = space["dataset.crop_size"]
+    assert (crop["kind"], crop["low"], crop["high"], crop["step"]) == ("int", 112, 288, 16)
+    arch = space["model.arch"]
+    assert arch["options"] == ["vit-mae-nano/8", "vit-mae-base/16"] and arch["weights"] == [0.05, 0.4]
+    assert space["train.wd"]["log"]
+    ray_space = to_ray_space(list(space.values()), "random")
+    picks = ray_space["model.arch"].categories
+    assert picks.count("vit-mae-base/16") > picks.count("vit-mae-nano/8")  # weighted choice
+
+
+@pytest.mark.parametrize(("settings", "match"), [
+    ({"automl_range_override": {"train.lr": {"min": 1e-9}}}, "below the schema minimum"),
+    ({"automl_range_override": {"train.lr": {"max": 1e-3}}}, "above the schema maximum"),
+    ({"automl_hyperparameters": ["model.arch"], "automl_range_override": {"model.arch": {"options": ["resnet"]}}},
+     "not allowed"),
+    ({"automl_hyperparameters": ["train.margin_rate"]}, "cannot be searched"),
+    ({"automl_range_override": {"train.seed": {"min": 1}}}, "not searched"),
+])
+def test_bad_ranges(settings: dict, match: str) -> None:
+    with pytest.raises(AutomlError, match=match):
+        _space(settings)
+
+
+def test_settings_and_dependency_repair() -> None:
+    s = parse_settings('{"automl_algorithm": "hyperband", "automl_max_epochs": 6, "automl_reduction_factor": 2}')
+    assert s.automl_max_epochs == 6
+    with pytest.raises(AutomlError, match="automl_reduction_factor"):
+        parse_settings({"automl_reduction_factor": 1})
+    rows = [{"key": "train.warmup_epochs", "kind": "int", "depends_on": "train.num_epochs", "math_cond": "< depends_on",
+             "high": 50}]
+    assert repair_dependencies({"train.warmup_epochs": 5, "train.num_epochs": 3}, rows)["train.warmup_epochs"] == 2
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "MAL_PROGRESS_BAR": "0"}})
+    yield
+    ray.shutdown()
+
+
+def test_two_trial_ray_tune_run(local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    jobs = tmp_path / "jobs"
+    over = {**TINY_OVERRIDES, **tiny_dataset(tmp_path / "data")}
+    settings = {"automl_max_recommendations": 2, "automl_hyperparameters": ["train.lr", "train.loss_crf_weight"],
+                "automl_range_override": {"train.lr": {"min": 1e-6}}}
+    argv = ["--jobs-root", str(jobs), "--job-id", "hpo1", "--request", "train MAL on my boxes",
+            "--spec-overrides", json.dumps(over), "--automl-settings", json.dumps(settings)]
+    rc = main("train", argv)
+    out = last_json_line(capsys.readouterr().out)
+    assert rc == 0, out["error"]
+    assert out["status"] == "success" and out["route"] == "automl" and out["automl_policy"] == "auto"
+    rec = read_job(jobs / "hpo1")
+    trials = rec["automl"]["trials"]
+    assert len(trials) == 2 and all(t["status"] == "success" and t["mIoU"] is not None for t in trials)
+    assert all(1e-6 <= t["params"]["train.lr"] <= 1e-5 for t in trials)
+    best = rec["automl"]["best_trial"]
+    assert best["mIoU"] == max(t["mIoU"] for t in trials) and Path(best["checkpoint"]).is_file()
+    assert rec["status"] == "success" and out["metrics"]["mIoU"] == best["mIoU"]
+    assert out["artifacts"]["best_checkpoint"] == best["checkpoint"]
+    assert resolve_parent(jobs, "hpo1").path == best["checkpoint"]
+    # re-running the same job id restores the finished experiment instead of starting over
+    rc = main("train", argv)
+    again = last_json_line(capsys.readouterr().out)
+    assert rc == 0 and again["artifacts"]["best_trial"] == best["trial_id"]
+    assert read_job(jobs / "hpo1")["attempts"] == 2
