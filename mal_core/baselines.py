@@ -16,8 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
+from mal_core.data.coco import decode_segmentation
 from mal_core.engine.metrics import MaskMIoU, instance_iou
 
 GRABCUT_MIN_SIDE = 4
@@ -129,32 +129,6 @@ BASELINES: dict[str, Callable[[np.ndarray, Sequence[float]], np.ndarray]] = {
     "ellipse": _ellipse,
     "grabcut": _grabcut,
 }
-
-
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """Bool (H, W) mask from a COCO segmentation: polygon list, uncompressed RLE or compressed RLE (parts OR-ed)."""
-    if isinstance(segmentation, list):
-        if not segmentation:
-            return np.zeros((height, width), dtype=bool)
-        rles = mask_utils.frPyObjects(segmentation, height, width)
-    elif isinstance(segmentation, dict):
-        counts = segmentation.get("counts")
-        if isinstance(counts, list):
-            rles = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = dict(segmentation)
-            if isinstance(counts, str):
-                rle["counts"] = counts.encode("ascii")
-            rles = rle
-    else:
-        raise ValueError(f"unsupported segmentation type {type(segmentation).__name__}")
-    decoded = mask_utils.decode(rles)
-    if decoded.ndim == 3:
-        decoded = decoded.any(axis=2)
-    decoded = decoded.astype(bool)
-    if decoded.shape != (height, width):
-        raise ValueError(f"segmentation decodes to {decoded.shape}, image is {(height, width)}")
-    return decoded
 
 
 def score_baselines(
