@@ -84,3 +84,10 @@ def test_prediction_modes_shapes_and_flip():
     flip = st.predict_logits(x, a, use_flip=True)
     assert torch.allclose(flip, 0.5 * (plain + st.predict_logits(x.flip(-1), a).flip(-1)), atol=1e-5)
     assert torch.allclose(st.predict_logits(x, a, use_mixed=True), plain, atol=1e-5)  # teacher == student at init
+
+
+def test_mask_stride_sets_logit_resolution():
+    from mal_core.model.network import MALNetwork
+
+    net = MALNetwork(_tiny_model_cfg(mask_stride=2, not_adjust_scale=True, mask_scale_ratio=4.0), 64).eval()
+    assert net(torch.randn(1, 3, 64, 64), torch.tensor([500.0])).shape == (1, 1, 32, 32)

@@ -110,6 +110,12 @@ class ModelConfig:
         2.0, title="In-head scale ratio", minimum=1.0, maximum=8.0,
         description="Bilinear upscale applied inside the pixel head before its last convolution.",
     )
+    mask_stride: int = param(
+        4, title="Mask output stride", options=[2, 4], automl_enabled=False,
+        automl_reason="a cost/resolution trade-off chosen with the crop size",
+        description="Mask logits are crop_size / mask_stride pixels wide: 4 as in MAL; 2 gives finer masks for small "
+        "crops (CPU recipe) at a higher head and CRF cost.",
+    )
     vit_dpr: float = param(
         0.0, title="Drop-path rate", minimum=0.0, maximum=0.5, automl_enabled=None,
         description="Stochastic-depth rate of the last ViT block (linearly increasing from 0 over the blocks).",

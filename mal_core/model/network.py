@@ -13,7 +13,7 @@ from mal_core.model.heads import MaskDecoder
 
 
 class MALNetwork(nn.Module):
-    """Image crop -> mask logits at a quarter of the crop side."""
+    """Image crop -> mask logits at crop_size / mask_stride (a quarter of the crop side by default)."""
 
     def __init__(self, cfg: ModelConfig, crop_size: int) -> None:
         super().__init__()
@@ -26,11 +26,11 @@ class MALNetwork(nn.Module):
             scale=cfg.mask_scale_ratio,
             scale_pre=cfg.mask_scale_ratio_pre,
             adjust_scale=not cfg.not_adjust_scale,
-            mask_size=crop_size // 4,
+            mask_size=crop_size // cfg.mask_stride,
         )
 
     def forward(self, images: torch.Tensor, box_areas: torch.Tensor) -> torch.Tensor:
-        """images (B,3,S,S), original box areas (B,) -> logits (B,1,S/4,S/4)."""
+        """images (B,3,S,S), original box areas (B,) -> logits (B,1,S/stride,S/stride)."""
         return self.decoder(self.backbone(images), box_areas)
 
 
