@@ -494,11 +494,11 @@ def apply_torch_flags(cfg: ExperimentConfig) -> bool:
 
 
 def resolve_peak(device: torch.device, precision: str, override: float | None) -> tuple[float | None, str]:
-    """Peak TFLOPS for MFU: --peak-tflops wins (0 turns MFU off); else by GPU name and precision; None on CPU."""
-    if override is not None:
-        return (override or None), "--peak-tflops"
+    """Peak TFLOPS for MFU: None on CPU; else --peak-tflops (0 turns MFU off), else by GPU name and precision."""
     if device.type != "cuda":
         return None, "cpu: MFU n/a"
+    if override is not None:
+        return (override or None), "--peak-tflops"
     name = torch.cuda.get_device_name(device).upper()
     if precision == "32-true":
         column = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
@@ -512,8 +512,8 @@ def resolve_peak(device: torch.device, precision: str, override: float | None) -
 
 def _config_summary(cfg: ExperimentConfig, precision: str, deterministic: bool) -> dict[str, Any]:
     m, t, s = cfg.model, cfg.train, cfg.dataset.crop_size
-    crf_side = s // 4 * t.crf_size_ratio
-    return {"arch": m.arch, "crop_size": s, "head_hidden": m.mask_head_hidden_channel,
+    crf_side = s // m.mask_stride * t.crf_size_ratio
+    return {"arch": m.arch, "crop_size": s, "mask_stride": m.mask_stride, "head_hidden": m.mask_head_hidden_channel,
             "head_out": m.mask_head_out_channel, "head_convs": m.mask_head_num_convs,
             "scale_adaptive": not m.not_adjust_scale, "crf_num_iter": t.crf_num_iter, "crf_side": crf_side,
             "crf_kernel_size": t.crf_kernel_size, "use_amp": t.use_amp, "precision": precision,
@@ -574,6 +574,7 @@ def print_config(name: str, res: dict[str, Any], device: torch.device) -> None:
     irows = [r for r in res["rows"] if "profile_ms" in r["infer"]]
     if irows:
         print("inference batch profile (ms per batch):")
+        print(f"{'component':<16}" + "".join(f"{'b=' + str(r['batch_size']) + ' ms':>12}{'':>7}" for r in irows))
         for part in INFER_PARTS:
             print(f"{part:<16}" + "".join(f"{r['infer']['profile_ms'][part]:>12.2f}{'':>7}" for r in irows))
 
@@ -594,6 +595,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="spec override key=value, "
                     "applied to every config (repeatable)")
     ap.add_argument("--loader-image-size", type=int, default=160, help="side of the synthetic loader images")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=str(ROOT / "bench_output" / "throughput.json"))
     args = ap.parse_args(argv)
@@ -611,8 +613,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     default_configs = "cpu_tiny" if args.device == "cpu" else "cpu_tiny,base512"
     args.configs = [c.strip() for c in (args.configs or default_configs).split(",") if c.strip()]
     if args.device == "cpu" and "base512" in args.configs and (not steps_given or args.steps > MAX_CPU_STEPS_BASE512):
-        ap.error(f"base512 on CPU takes minutes per step: ask for it with --steps <= {MAX_CPU_STEPS_BASE512} "
-                 "(e.g. --batch-sizes 2 --steps 1 --warmup 0)")
+        ap.error("base512 on CPU is slow (about 15 s per step at batch 2): ask for it with "
+                 f"--steps <= {MAX_CPU_STEPS_BASE512} (e.g. --batch-sizes 2 --steps 1 --warmup 0)")
     args.batch_sizes = _ints(args.batch_sizes) if args.batch_sizes else None
     if args.batch_sizes is not None and (not args.batch_sizes or min(args.batch_sizes) < 1):
         ap.error("--batch-sizes must be positive integers")
@@ -623,11 +625,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0."""
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     cfgs = {name: load_config(name, args.overrides) for name in args.configs}
+    if any(c.train.cudnn.deterministic for c in cfgs.values()):  # before cuBLAS starts, as Lightning does
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     precisions = {name: precision_for("gpu" if device.type == "cuda" else "cpu", c.train.use_amp)
                   for name, c in cfgs.items()}
     peaks = {name: resolve_peak(device, precisions[name], args.peak_tflops) for name in cfgs}  # fail fast
@@ -645,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {meta['device_name']} ({device.type}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {load_start}")
     if device.type == "cpu" and load_start is not None and load_start > 0.5 * (os.cpu_count() or 1):
-        print("note: the CPU is busy with other work; these timings are contended")
+        print("note: the CPU is busy with other work; these timings are contended"
+              + ("" if args.threads else " (--threads 1 keeps torch's thread barriers from stalling on it)"))
     out: dict[str, Any] = {"meta": meta, "configs": {}}
     mem = PeakMemory(device)
     with tempfile.TemporaryDirectory(prefix="mal_bench_") as tmp:
@@ -657,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
             _free(device)  # the config's model and optimizer state went with run_config's frame
             print_config(name, out["configs"][name], device)
     meta["loadavg_1m_end"] = _loadavg()
-    print(f"\n{FLOP_NOTE}")
+    print(f"\nload average (1 min) at start {load_start}, at end {meta['loadavg_1m_end']}")
+    print(FLOP_NOTE)
     if device.type == "cpu":
         print("CPU memory is process peak RSS growth over the resident size at the start of each run "
               f"({mem.read()['kind']}).")
