@@ -1,6 +1,6 @@
 """Scale-out check: train and label with 1 and with 2 CPU processes (DDP over gloo) and compare the metrics.
 
-Usage: python bench/scaleout.py [--epochs 6] [--train-images 60] [--json bench_output/scaleout.json]
+Usage: python bench/scaleout.py [--epochs 20] [--train-images 60] [--json bench_output/scaleout.json]
 Each configuration runs in a fresh worker process (Lightning re-launches the worker command for rank 1). Expect the
 2-process run to match the 1-process one within run-to-run noise: DDP changes the data order and the effective
 learning rate follows the linear rule (lr x devices x batch), so the step count halves while the rate doubles.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,7 +71,7 @@ def _run(cmd: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run 1- and 2-process train and inference; print and write the comparison."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--train-images", type=int, default=60)
     ap.add_argument("--out", default=str(ROOT / "bench_output" / "scaleout"))
     ap.add_argument("--json", default=str(ROOT / "bench_output" / "scaleout.json"))
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from mal_core.utils.io import atomic_write_json
 
     out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)  # a leftover results dir would be resumed, not retrained
     data = generate_synthetic_dataset(out / "data", num_train_images=args.train_images, num_val_images=20, seed=1)
     py, me = sys.executable, str(Path(__file__).resolve())
     common = ["--data", str(data.root), "--epochs", str(args.epochs)]

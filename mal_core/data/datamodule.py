@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from mal_core.config.experiment import ExperimentConfig
@@ -38,11 +40,17 @@ class MALDataModule(pl.LightningDataModule):
         self.load_mask = load_mask
         self.batch_size = batch_size or cfg.train.batch_size
 
-    def _loader(self, dataset: BoxCropDataset, *, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, dataset: BoxCropDataset, *, shuffle: bool, batch_size: int,
+                unrepeated: bool = False) -> DataLoader:
         workers = self.cfg.dataset.num_workers_per_gpu
         kwargs: dict[str, Any] = {"persistent_workers": True} if workers > 0 else {}
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          collate_fn=collate_crops, drop_last=False, **kwargs)
+        if unrepeated and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every instance scored exactly once across processes (the default sampler pads with repeats)
+            kwargs["sampler"] = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        else:
+            kwargs["shuffle"] = shuffle
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_crops,
+                          drop_last=False, **kwargs)
 
     def _test_set(self, coco: CocoDataset, load_mask: bool) -> BoxCropDataset:
         t = self.cfg.train
@@ -58,7 +66,7 @@ class MALDataModule(pl.LightningDataModule):
         if self.val_coco is None:
             return []
         return self._loader(self._test_set(self.val_coco, self.load_mask), shuffle=False,
-                            batch_size=self.batch_size)
+                            batch_size=self.batch_size, unrepeated=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._test_set(self.predict_coco, self.load_mask), shuffle=False,

@@ -88,7 +88,7 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) 
     result.update(num_labelled=len(ordered), num_input_annotations=len(coco.raw["annotations"]),
                   seconds=round(time.time() - t0, 2))
     if inf.load_mask and ordered:
-        metric = MaskMIoU(coco.num_categories)
+        metric = MaskMIoU(coco.num_categories, sync_on_compute=False)  # rank 0 holds every label already
         idx = {i.ann_id: i for i in coco.instances}
         metric.update(torch.tensor([a["iou"] for a in ordered]),
                       torch.tensor([idx[a["id"]].category_index for a in ordered]),

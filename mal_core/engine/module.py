@@ -139,7 +139,7 @@ class MALModule(pl.LightningModule):
         self.last_metrics = {k: float(v) for k, v in metrics.items()}
         for key, value in metrics.items():
             if key != "num_instances":
-                self.log(f"val/{key}", value, prog_bar=key == "mIoU", sync_dist=False, rank_zero_only=True)
+                self.log(f"val/{key}", value, prog_bar=key == "mIoU", sync_dist=False)  # already reduced
         if self.history_path is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             record = {"epoch": int(self.current_epoch), "step": int(self.global_step), **self.last_metrics}
             self.history_path.parent.mkdir(parents=True, exist_ok=True)
