@@ -8,23 +8,17 @@ Exit codes: 0 success, 2 bad input (nothing ran or the input was rejected), 1 ru
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 from mal_core.errors import MalError
-from mal_core.utils.io import json_safe
 
 ACTIONS = ("train", "evaluate", "inference")
 
 
 def _action_parser(sub: argparse._SubParsersAction, action: str) -> None:
-    p = sub.add_parser(action, help=f"run the {action} action as a job (see `mal {action} --help`)")
-    p.add_argument("--spec", "-e", dest="spec", required=True, help="experiment spec YAML (TAO layout)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one spec value with a dotted key, e.g. --set train.num_epochs=5 (repeatable)",
-    )
+    # listed for `mal --help` only: `mal <action> ...` is handed to the skill runner before parsing
+    sub.add_parser(action, help=f"run the {action} action as a job (options: `mal {action} --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,26 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_action(action: str, spec_path: str, overrides: list[str]) -> dict:
-    """Load the spec and run one action; returns the action's result dict."""
-    from mal_core.config import check_for_action, parse_spec
-    from mal_core.config.loader import read_yaml
-
-    cfg, explicit = parse_spec(read_yaml(spec_path), overrides)
-    check_for_action(cfg, action)
-    if action == "train":
-        from mal_core.engine.train import run_train
-
-        return run_train(cfg)
-    if action == "evaluate":
-        from mal_core.engine.evaluate import run_evaluate
-
-        return run_evaluate(cfg, explicit_keys=explicit)
-    from mal_core.engine.inference import run_inference
-
-    return run_inference(cfg, explicit_keys=explicit)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mal`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -76,13 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             from codegen.__main__ import main as codegen_main
 
             return codegen_main(["--check"] if args.check else [])
-        if args.command == "demo":
-            from mal_core.demo import run_demo
+        from mal_core.demo import run_demo
 
-            run_demo(args.out, spec_path=args.spec, overrides=args.overrides)
-            return 0
-        result = run_action(args.command, args.spec, args.overrides)
-        print(json.dumps(json_safe(result), default=str))
+        run_demo(args.out, spec_path=args.spec, overrides=args.overrides)
         return 0
     except MalError as exc:
         print(f"error: {exc.message}" + (f" (field: {exc.field})" if exc.field else ""), file=sys.stderr)
