@@ -3,17 +3,14 @@ resume, and loading MAL checkpoints with a clear error for files of another kind
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from mal_core.checkpoint_files import LATEST_NAME, list_checkpoints
 from mal_core.errors import CheckpointError
 from mal_core.model.weights import torch_load
-
-LATEST_NAME = "mal_model_latest"
-CKPT_PATTERN = re.compile(r"^model_epoch_(\d+)_step_(\d+)\.pth$")
 
 
 class MALCheckpoint(ModelCheckpoint):
@@ -27,19 +24,6 @@ class MALCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=str(dirpath), filename="model_epoch_{epoch:03d}_step_{step:05d}",
                          auto_insert_metric_name=False, save_top_k=-1, save_last="link",
                          enable_version_counter=False, save_on_train_epoch_end=True, **every)
-
-
-def list_checkpoints(results_dir: str | Path) -> list[tuple[int, int, Path]]:
-    """(epoch, step, path) of the numbered checkpoints in ``results_dir``, oldest first."""
-    d = Path(results_dir)
-    if not d.is_dir():
-        return []
-    found = []
-    for p in d.iterdir():
-        m = CKPT_PATTERN.match(p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), int(m.group(2)), p))
-    return sorted(found)
 
 
 def find_resume_checkpoint(results_dir: str | Path) -> Path | None:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mal_core.checkpoint_files import list_checkpoints
 from mal_core.config.skill_info import SkillInfo
 from mal_core.errors import MalError
-from mal_core.skill.parents import ParentCheckpoint, numbered_checkpoints
+from mal_core.skill.parents import ParentCheckpoint
 
 INFERENCE_FILE = "inference.json"
 
@@ -42,7 +43,7 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 def apply_mappings(info: SkillInfo, action: str, tree: dict[str, Any], explicit: set[str], results_dir: Path,
                    parent: ParentCheckpoint | None) -> dict[str, dict[str, Any]]:
     """Fill mapped keys of ``tree`` in place; returns ``{key: {function, value, applied, reason}}``."""
-    resume = numbered_checkpoints(results_dir)
+    resume = list_checkpoints(results_dir)
     resume_path = str(resume[-1][2]) if resume else None
 
     def parent_model() -> tuple[Any, str]:

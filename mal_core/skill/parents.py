@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mal_core.checkpoint_files import list_checkpoints
 from mal_core.errors import MalError
 from mal_core.skill.jobs import check_job_id, read_job
 
-CKPT_RE = re.compile(r"^model_epoch_(\d+)_step_(\d+)\.pth$")
 HISTORY_FILE = "validation_history.jsonl"
 METRIC = "mIoU"
 
@@ -45,18 +45,6 @@ class ParentCheckpoint:
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return asdict(self)
-
-
-def numbered_checkpoints(folder: Path) -> list[tuple[int, int, Path]]:
-    """(epoch, step, path) of numbered checkpoint files directly in ``folder``, oldest first."""
-    if not folder.is_dir():
-        return []
-    out = []
-    for p in folder.iterdir():
-        m = CKPT_RE.match(p.name)
-        if m and p.is_file() and not p.is_symlink():
-            out.append((int(m.group(1)), int(m.group(2)), p))
-    return sorted(out)
 
 
 def read_history(folder: Path) -> list[dict[str, Any]]:
@@ -144,7 +132,7 @@ def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None) -
         if not path.is_file():
             raise ParentError(f"{path} does not exist in parent job {parent_id!r}", field="parent_checkpoint")
         return ParentCheckpoint(path=str(path.resolve()), method="file", epoch=None, step=None, metric=None, **base)
-    ckpts = numbered_checkpoints(folder)
+    ckpts = list_checkpoints(folder)
     if not ckpts:
         raise ParentError(f"parent job {parent_id!r} has no model_epoch_*_step_*.pth checkpoint in {folder}",
                           field="parent_job_id", hint="train it first (or check train.checkpoint_interval)")
@@ -184,7 +172,7 @@ def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:
 
 def resolve_parent_in_folder(folder: Path) -> str | None:
     """Best-by-mIoU checkpoint path of a train results folder, or None when it holds none."""
-    ckpts = numbered_checkpoints(folder)
+    ckpts = list_checkpoints(folder)
     if not ckpts:
         return None
     history = read_history(folder)
