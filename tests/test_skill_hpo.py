@@ -108,3 +108,24 @@ def test_two_trial_ray_tune_run(local_ray: None, tmp_path: Path, capsys: pytest.
     again = last_json_line(capsys.readouterr().out)
     assert rc == 0 and again["artifacts"]["best_trial"] == best["trial_id"]
     assert read_job(jobs / "hpo1")["attempts"] == 2
+
+
+def test_trials_without_a_finite_miou_are_failed_trials(local_ray: None, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # validating on GT-free boxes (load_mask false) yields no mIoU: each trial must be recorded as failed, and the
+    # experiment must end in a terminal failure state, not crash
+    monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    jobs = tmp_path / "jobs"
+    data = tiny_dataset(tmp_path / "data")
+    over = {**TINY_OVERRIDES, **data, "dataset.load_mask": False, "train.num_epochs": 1}
+    settings = {"automl_max_recommendations": 2, "automl_hyperparameters": ["train.lr"], "automl_algorithm": "random"}
+    rc = main("train", ["--jobs-root", str(jobs), "--job-id", "nan1", "--spec-overrides", json.dumps(over),
+                        "--automl-settings", json.dumps(settings)])
+    out = last_json_line(capsys.readouterr().out)
+    assert rc == 1 and out["status"] == "failure" and out["error"]["code"] == "automl_failed"
+    rec = read_job(jobs / "nan1")
+    assert rec["status"] == "failure" and rec["error"]["code"] == "automl_failed"
+    trials = rec["automl"]["trials"]
+    assert len(trials) == 2 and all(t["status"] != "success" for t in trials)
