@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from mal_core.config.experiment import ExperimentConfig
+from collections.abc import Mapping
+from typing import Any
+
+from mal_core.config.experiment import ExperimentConfig, ModelConfig
+from mal_core.config.loader import get_dotted
 from mal_core.errors import SpecError
 
 ACTIONS = ("train", "evaluate", "inference")
@@ -59,3 +63,23 @@ def check_for_action(cfg: ExperimentConfig, action: str) -> None:
         _need(cfg.inference.ann_path, "inference.ann_path", "COCO JSON of the boxes to label")
         _need(cfg.inference.img_dir, "inference.img_dir", "image folder")
         _need(cfg.inference.label_dump_path, "inference.label_dump_path", "output file name")
+
+
+#: Spec keys a trained checkpoint fixes: the architecture (every ``model.*`` key but the EMA momentum, which only
+#: matters while training) and the crop size.
+CHECKPOINT_FIXED_KEYS: tuple[str, ...] = tuple(
+    f"model.{name}" for name in ModelConfig.__dataclass_fields__ if name != "teacher_momentum"
+) + ("dataset.crop_size",)
+
+
+def check_checkpoint_conflicts(spec: Mapping[str, Any], explicit: set[str], stored: Mapping[str, Any],
+                               source: str) -> None:
+    """Raise :class:`SpecError` when an explicitly set key of :data:`CHECKPOINT_FIXED_KEYS` differs from the
+    checkpoint's stored spec (nested dicts; keys missing from ``stored`` are not compared)."""
+    for key in CHECKPOINT_FIXED_KEYS:
+        if key not in explicit:
+            continue
+        want, have = get_dotted(stored, key), get_dotted(spec, key)
+        if want is not None and have != want:
+            raise SpecError(f"{key}={have!r} conflicts with the checkpoint {source}, trained with {want!r}",
+                            field=key, hint=f"drop {key} from the spec; it is read from the checkpoint")

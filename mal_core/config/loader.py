@@ -129,7 +129,18 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, explicit: set[str]) 
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def get_dotted(tree: Mapping[str, Any], key: str) -> Any:
+    """Value at a dotted key of a nested mapping, or None when any part is missing."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in a nested dict, creating sections; a non-section in the way is a :class:`SpecError`."""
     parts = key.split(".")
     node = tree
     for part in parts[:-1]:
@@ -148,7 +159,7 @@ def _apply_aliases(tree: dict[str, Any]) -> None:
         node = tree.get(sec)
         if isinstance(node, dict) and name in node:
             value = node.pop(name)
-            _set_dotted(tree, canonical, value)
+            set_dotted(tree, canonical, value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -190,7 +201,7 @@ def parse_spec(
     _apply_aliases(tree)
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
     for key, value in items:
-        _set_dotted(tree, KEY_ALIASES.get(key, key), value)
+        set_dotted(tree, KEY_ALIASES.get(key, key), value)
     explicit: set[str] = set()
     cfg = _build(ExperimentConfig, tree, "", explicit)
     return cfg, explicit

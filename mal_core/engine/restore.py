@@ -6,14 +6,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mal_core.config.experiment import ExperimentConfig, ModelConfig
-from mal_core.config.loader import parse_spec
+from mal_core.config.checks import check_checkpoint_conflicts
+from mal_core.config.experiment import ExperimentConfig
+from mal_core.config.loader import parse_spec, spec_to_dict
 from mal_core.engine.checkpoints import load_mal_checkpoint
 from mal_core.engine.module import MALModule
-from mal_core.errors import CheckpointError, SpecError
-
-#: Spec keys a checkpoint fixes (besides every ``model.*`` key).
-ARCH_KEYS = ("dataset.crop_size",)
+from mal_core.errors import CheckpointError
 
 
 def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explicit: set[str],
@@ -21,16 +19,10 @@ def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explici
     """``cfg`` with model settings and crop size taken from the checkpoint's spec ``stored``."""
     stored_cfg, _ = parse_spec({"model": stored.get("model", {}),
                                 "dataset": {"crop_size": stored.get("dataset", {}).get("crop_size", 512)}})
+    check_checkpoint_conflicts(spec_to_dict(cfg), explicit, spec_to_dict(stored_cfg), source)
     merged = copy.deepcopy(cfg)
-    keys = [f"model.{k}" for k in ModelConfig.__dataclass_fields__] + list(ARCH_KEYS)
-    for key in keys:
-        sec, name = key.split(".")
-        want = getattr(getattr(stored_cfg, sec), name)
-        have = getattr(getattr(cfg, sec), name)
-        if key in explicit and have != want and key != "model.teacher_momentum":
-            raise SpecError(f"{key}={have!r} conflicts with the checkpoint {source}, trained with {want!r}",
-                            field=key, hint=f"drop {key} from the spec; it is read from the checkpoint")
-        setattr(getattr(merged, sec), name, want)
+    merged.model = copy.deepcopy(stored_cfg.model)
+    merged.dataset.crop_size = stored_cfg.dataset.crop_size
     return merged
 
 

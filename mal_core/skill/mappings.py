@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mal_core.checkpoint_files import list_checkpoints
+from mal_core.config.loader import get_dotted, set_dotted
 from mal_core.config.skill_info import SkillInfo
 from mal_core.errors import MalError
 from mal_core.skill.parents import ParentCheckpoint
@@ -19,25 +20,6 @@ class MappingError(MalError):
     """A spec_params mapping cannot be applied (e.g. parent_model without a parent job)."""
 
     code = "missing_parent"
-
-
-def get_dotted(tree: dict[str, Any], key: str) -> Any:
-    """Value at a dotted key, or None."""
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set a dotted key, creating sections."""
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
 
 
 def apply_mappings(info: SkillInfo, action: str, tree: dict[str, Any], explicit: set[str], results_dir: Path,

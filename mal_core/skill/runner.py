@@ -110,20 +110,6 @@ def assemble_spec(action: str, spec_path: str | None, overrides: list[tuple[str,
     return spec_to_dict(cfg), explicit
 
 
-def check_model_conflicts(tree: dict[str, Any], explicit: set[str], stored: dict[str, Any], source: str) -> None:
-    """An explicit model setting (or crop size) that differs from the parent's is an error."""
-    from mal_core.skill.mappings import get_dotted
-
-    for key in sorted(explicit):
-        if not (key.startswith("model.") or key == "dataset.crop_size") or key == "model.teacher_momentum":
-            continue
-        want = get_dotted(stored, key)
-        have = get_dotted(tree, key)
-        if want is not None and have != want:
-            raise SpecError(f"{key}={have!r} conflicts with the parent checkpoint {source}, trained with {want!r}",
-                            field=key, hint=f"drop {key}; evaluate/inference read it from the checkpoint")
-
-
 def validate_against_schema(tree: dict[str, Any], action: str, root: Path) -> None:
     """Validate the resolved spec against ``schemas/<action>.schema.json`` (when packaged)."""
     path = root / "schemas" / f"{action}.schema.json"
@@ -287,6 +273,7 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
 def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, Any]) -> dict[str, Any]:
     """Everything a run needs, without side effects: fills ``res`` as it goes and returns the plan."""
     from mal_core.config import check_for_action, parse_spec
+    from mal_core.config.checks import check_checkpoint_conflicts
     from mal_core.config.skill_info import load_skill_info
     from mal_core.skill.datasources import default_cache_dir, resolve_data_sources
     from mal_core.skill.jobs import check_job_id, default_jobs_root, new_job_id
@@ -311,7 +298,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, A
         parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint)
         stored = parent_spec(jobs_root, args.parent_job_id)
         if action != "train" and stored:
-            check_model_conflicts(tree, explicit, stored, parent.path)
+            check_checkpoint_conflicts(tree, explicit, stored, parent.path)
     sources = resolve_data_sources(info, action, {k: get_dotted(tree, k) for k in info.data_sources[action]},
                                    default_cache_dir(jobs_root), dry_run=args.dry_run)
     if not args.dry_run:
