@@ -68,10 +68,12 @@ def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
 
     latest = str(root / "train" / "mal_model_latest.pth")
     code, ev = _run(capsys, ["evaluate", "-e", str(spec), "--set", f"results_dir={root / 'eval'}",
-                             "--set", f"evaluate.checkpoint={latest}"], root / "jobs")
+                             "--set", f"evaluate.checkpoint={latest}", "--set", "evaluate.comp_clustering=true"],
+                        root / "jobs")
     assert code == 0, ev
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(ev["metrics"]["mIoU"]) and metrics["num_instances"] > 0
+    assert 0.0 < metrics["cluster_score"] < 2.0  # squared distance of unit vectors to their normalised centroid
     assert ev["metrics"]["mIoU"] == pytest.approx(json.loads(
         (root / "train" / "validation_history.jsonl").read_text().splitlines()[-1])["mIoU"], abs=1e-6)
 

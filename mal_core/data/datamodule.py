@@ -33,11 +33,13 @@ class MALDataModule(pl.LightningDataModule):
     """Loaders over pre-parsed datasets (parsing happens up front so bad input fails before any training)."""
 
     def __init__(self, cfg: ExperimentConfig, *, train: CocoDataset | None = None, val: CocoDataset | None = None,
-                 predict: CocoDataset | None = None, load_mask: bool = True, batch_size: int | None = None) -> None:
+                 predict: CocoDataset | None = None, load_mask: bool = True, batch_size: int | None = None,
+                 gt_crop: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.train_coco, self.val_coco, self.predict_coco = train, val, predict
         self.load_mask = load_mask
+        self.gt_crop = gt_crop
         self.batch_size = batch_size or cfg.train.batch_size
 
     def _loader(self, dataset: BoxCropDataset, *, shuffle: bool, batch_size: int,
@@ -55,7 +57,7 @@ class MALDataModule(pl.LightningDataModule):
     def _test_set(self, coco: CocoDataset, load_mask: bool) -> BoxCropDataset:
         t = self.cfg.train
         return BoxCropDataset(coco, self.cfg.dataset.crop_size, train=False, test_margin_rate=t.test_margin_rate,
-                              load_mask=load_mask)
+                              load_mask=load_mask, gt_crop=self.gt_crop)
 
     def train_dataloader(self) -> DataLoader:
         t = self.cfg.train

@@ -55,11 +55,12 @@ class BoxCropDataset(Dataset):
     ``train=True``: random margins from ``margin_rate``, random horizontal flip, a colour-augmented student view
     (``image``) and an un-augmented teacher view (``timage``), plus the box mask. ``train=False``: fixed margins
     from ``test_margin_rate``, the geometry needed to paste the mask back, and (``load_mask``) the ground-truth mask
-    cut to the crop's in-image region with its full area.
+    cut to the crop's in-image region with its full area (and, with ``gt_crop``, the GT resampled onto the crop).
     """
 
     def __init__(self, coco: CocoDataset, crop_size: int, *, train: bool, margin_rate: list[float] | None = None,
-                 test_margin_rate: list[float] | None = None, load_mask: bool = False) -> None:
+                 test_margin_rate: list[float] | None = None, load_mask: bool = False,
+                 gt_crop: bool = False) -> None:
         self.coco = coco
         self.instances: list[Instance] = coco.instances
         self.crop_size = int(crop_size)
@@ -67,6 +68,7 @@ class BoxCropDataset(Dataset):
         self.margin_rate = list(margin_rate or [0.0, 1.2])
         self.test_margin_rate = list(test_margin_rate or [0.6, 0.6])
         self.load_mask = load_mask
+        self.gt_crop = gt_crop and load_mask
         self._cache = _ImageCache()
 
     def __len__(self) -> int:
@@ -116,6 +118,7 @@ class BoxCropDataset(Dataset):
             cx0, cy0, cx1, cy1 = clip_to_image(ext, inst.height, inst.width)
             sample["gt_region"] = torch.from_numpy(gt[cy0:cy1, cx0:cx1].copy())
             sample["gt_area"] = torch.tensor(int(gt.sum()), dtype=torch.long)
+        if self.gt_crop:  # GT resampled onto the crop, only for the feature clustering score
             gt_crop = Image.fromarray(crop_wrap(gt, ext).astype(np.uint8) * 255)
             sample["gt_crop"] = torch.from_numpy(np.asarray(gt_crop.resize((self.crop_size,) * 2, Image.NEAREST)) > 127)
         return sample
