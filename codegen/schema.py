@@ -3,8 +3,9 @@
 Shape. The top level carries TAO's keys ``type``, ``properties``, ``default``, ``automl_default_parameters``,
 ``automl_disabled_parameters``, ``popular`` (nested dict of popular leaf defaults) and ``required``; each property
 carries ``type``, ``title``, ``description``, ``default`` and, when declared, ``minimum``/``maximum``, ``enum``,
-``option_weights``, ``math_cond``, ``depends_on``, ``parent_param``, ``popular``, ``automl_enabled``, ``examples``
-and ``x_automl_reason``. Validators ignore the TAO-only keywords, so the same file drives AutoML and validates specs.
+``option_weights``, ``math_cond``, ``depends_on``, ``parent_param``, ``popular``, ``automl_enabled``, ``examples``,
+``x_automl_reason`` and ``x_automl_range`` (the default search interval where it is narrower than
+``minimum``/``maximum``). Validators ignore the TAO-only keywords, so the same file drives AutoML and validates specs.
 
 Departures from TAO, all so that standard validators work:
 
@@ -194,6 +195,8 @@ def leaf_schema(node: Node) -> dict[str, Any]:
         out["automl_enabled"] = bool(meta["automl_enabled"])
     if meta.get("automl_reason"):
         out["x_automl_reason"] = meta["automl_reason"]
+    if meta.get("automl_range") is not None:
+        out["x_automl_range"] = _plain(list(meta["automl_range"]), node.dotted)
     if meta.get("examples") is not None:
         out["examples"] = _plain(list(meta["examples"]), node.dotted)
     return out
@@ -202,7 +205,8 @@ def leaf_schema(node: Node) -> dict[str, Any]:
 def alias_schema(alias: str, canonical: Node) -> dict[str, Any]:
     """Schema of a seed-document alias key: the canonical type and bounds, no default, AutoML-disabled."""
     out = leaf_schema(canonical)
-    for key in ("default", "popular", "x_automl_reason", "examples", "option_weights", "math_cond", "depends_on"):
+    for key in ("default", "popular", "x_automl_reason", "x_automl_range", "examples", "option_weights", "math_cond",
+                "depends_on"):
         out.pop(key, None)
     out["title"] = f"{canonical.meta['title']} (alias)"
     out["description"] = f"Alias of {canonical.dotted}, accepted for TAO compatibility; prefer {canonical.dotted}."

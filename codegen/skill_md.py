@@ -90,7 +90,9 @@ def _range(node: Node) -> str:
         return ", ".join(_code(o) for o in meta["options"])
     lo, hi = meta.get("minimum"), meta.get("maximum")
     if lo is not None and hi is not None:
-        return f"{_code(lo)} .. {_code(hi)}"
+        searched = meta.get("automl_range")
+        suffix = f" (AutoML searches {_code(searched[0])} .. {_code(searched[1])})" if searched else ""
+        return f"{_code(lo)} .. {_code(hi)}{suffix}"
     if lo is not None:
         return f">= {_code(lo)}"
     if hi is not None:
@@ -193,7 +195,9 @@ def block_automl_parameters(schemas: dict[str, dict[str, Any]], info: SkillInfo)
         cond = "-"
         if prop.get("math_cond"):
             cond = "`" + prop["math_cond"].replace("depends_on", prop.get("depends_on", "depends_on")) + "`"
-        rows.append([f"`{key}`", _code(prop["default"]), _range(node), cond])
+        searched = node.meta.get("automl_range")
+        rng = f"{_code(searched[0])} .. {_code(searched[1])}" if searched else _range(node)
+        rows.append([f"`{key}`", _code(prop["default"]), rng, cond])
     return _table(["Key", "Default", "Range / options", "Condition"], rows)
 
 

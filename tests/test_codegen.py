@@ -513,7 +513,7 @@ def test_skill_md_tables_match_a_fresh_render(schemas) -> None:
         assert f"`{key}`" in important
     assert "| `model.arch` | `vit-mae-base/16` |" in important
     assert all(f"`{arch}`" in important for arch in ARCHS)
-    assert "| `train.lr` | `1e-6` | `1e-7` .. `1e-5` | searched |" in important
+    assert "| `train.lr` | `1e-6` | `1e-7` .. `0.001` (AutoML searches `1e-7` .. `1e-5`) | searched |" in important
     assert "| `dataset.crop_size` (alias `model.crop_size`) | `512` |" in important
     assert "`dataset.load_mask` (alias `model.load_mask`)" in important
     assert "| `train.num_gpus` | Number of GPUs | `1` |" in blocks["multi_gpu"]

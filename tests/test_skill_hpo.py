@@ -47,9 +47,27 @@ def test_requested_params_enums_ints_and_ranges() -> None:
     assert picks.count("vit-mae-base/16") > picks.count("vit-mae-nano/8")  # weighted choice
 
 
+def test_automl_range_is_the_default_interval_inside_wider_hard_bounds() -> None:
+    prop = SCHEMA["properties"]["train"]["properties"]["lr"]
+    assert prop["x_automl_range"] == [1e-7, 1e-5] and prop["maximum"] > 1e-5  # from-scratch rates are valid specs
+    wide = _space({"automl_range_override": {"train.lr": {"min": 1e-6, "max": 1e-4}}})["train.lr"]
+    assert (wide["low"], wide["high"]) == (1e-6, 1e-4)  # an explicit range may go past the default interval
+    upper = _space({"automl_range_override": {"train.lr": {"max": 5e-6}}})["train.lr"]
+    assert (upper["low"], upper["high"]) == (1e-7, 5e-6)  # one-sided: the other side keeps the default interval
+    lower = _space({"automl_range_override": {"train.lr": {"min": 3e-5}}})["train.lr"]
+    assert (lower["low"], lower["high"]) == (3e-5, prop["maximum"])  # nothing left below 1e-5: up to the hard bound
+
+
+def test_automl_range_must_lie_inside_the_hard_bounds() -> None:
+    from mal_core.config.fields import param
+
+    with pytest.raises(ValueError, match="automl_range"):
+        param(1.0, title="x", description="x", minimum=0.0, maximum=2.0, automl_range=(0.5, 3.0))
+
+
 @pytest.mark.parametrize(("settings", "match"), [
     ({"automl_range_override": {"train.lr": {"min": 1e-9}}}, "below the schema minimum"),
-    ({"automl_range_override": {"train.lr": {"max": 1e-3}}}, "above the schema maximum"),
+    ({"automl_range_override": {"train.lr": {"max": 1e-2}}}, "above the schema maximum"),
     ({"automl_hyperparameters": ["model.arch"], "automl_range_override": {"model.arch": {"options": ["resnet"]}}},
      "not allowed"),
     ({"automl_hyperparameters": ["train.margin_rate"]}, "cannot be searched"),

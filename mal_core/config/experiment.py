@@ -208,10 +208,12 @@ class TrainConfig:
         automl_reason="unused by AdamW", description="Kept for TAO compatibility; AdamW uses optim_betas.",
     )
     lr: float = param(
-        1e-6, title="Learning rate", minimum=1e-7, maximum=1e-5, automl_enabled=True,
+        1e-6, title="Learning rate", minimum=1e-7, maximum=1e-3, automl_enabled=True, automl_range=(1e-7, 1e-5),
         automl_reason="the most sensitive knob; MAL fine-tunes a pretrained ViT, 1e-7..1e-5 spans under- to "
         "over-shooting",
-        description="Base learning rate per instance per device; the effective rate is lr x devices x batch_size.",
+        description="Base learning rate per instance per device; the effective rate is lr x devices x batch_size. "
+        "1e-6 fine-tunes a pretrained backbone; a backbone trained from scratch needs more (the CPU recipe uses "
+        "3e-5).",
     )
     min_lr: float = param(
         0.0, title="Minimum learning rate", minimum=0.0, automl_enabled=False, automl_reason="derived",

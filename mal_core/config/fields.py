@@ -19,6 +19,7 @@ META_KEYS = (
     "options",
     "option_weights",
     "automl_enabled",
+    "automl_range",
     "popular",
     "required",
     "math_cond",
@@ -40,6 +41,7 @@ def param(
     option_weights: Sequence[float] | None = None,
     automl_enabled: bool | None = None,
     automl_reason: str = "",
+    automl_range: tuple[float, float] | None = None,
     popular: bool = False,
     required: bool = False,
     math_cond: str | None = None,
@@ -51,7 +53,13 @@ def param(
 
     ``automl_enabled``: True = searched by default, False = never searched unless requested, None = neutral
     (searchable only when requested). ``minimum``/``maximum`` are inclusive hard bounds checked on every spec.
+    ``automl_range`` is the default AutoML search interval when it is narrower than the hard bounds (the learning
+    rate: fine-tuning needs 1e-7..1e-5, training from scratch needs more).
     """
+    if automl_range is not None:
+        lo, hi = automl_range
+        if not (lo <= hi and (minimum is None or lo >= minimum) and (maximum is None or hi <= maximum)):
+            raise ValueError(f"automl_range {automl_range} of {title!r} must be inside [{minimum}, {maximum}]")
     if option_weights is not None and (options is None or len(option_weights) != len(options)):
         raise ValueError(f"option_weights for {title!r} must align with options")
     meta = {
@@ -63,6 +71,7 @@ def param(
         "option_weights": list(option_weights) if option_weights is not None else None,
         "automl_enabled": automl_enabled,
         "automl_reason": automl_reason,
+        "automl_range": list(automl_range) if automl_range is not None else None,
         "popular": popular,
         "required": required,
         "math_cond": math_cond,

@@ -170,12 +170,13 @@ def _row(key: str, prop: dict[str, Any], rng: RangeOverride | None, spec: dict[s
     if kind not in ("number", "integer"):
         raise AutomlError(f"{key} ({kind}) cannot be searched; searchable types are numbers, ints, enums, booleans",
                           field="automl_settings.automl_hyperparameters")
-    lo, hi = prop.get("minimum"), prop.get("maximum")
+    lo, hi = prop.get("minimum"), prop.get("maximum")  # hard bounds: an explicit range must stay inside them
     default = spec.get(key, prop.get("default"))
     if lo is None or hi is None:  # TAO fallback: a decade around the default
         d = float(default or 0.0)
         lo = lo if lo is not None else (d / 10 if d > 0 else (-1.0 if d == 0 else d * 10))
         hi = hi if hi is not None else (d * 10 if d > 0 else 1.0)
+    search_lo, search_hi = prop.get("x_automl_range") or (lo, hi)  # the default interval, maybe narrower
     if rng is not None:
         if rng.min is not None:
             if rng.min < lo:
@@ -185,8 +186,15 @@ def _row(key: str, prop: dict[str, Any], rng: RangeOverride | None, spec: dict[s
             if rng.max > hi:
                 raise AutomlError(f"{key}: range max {rng.max} is above the schema maximum {hi}", field=field)
             hi = rng.max
+        # a one-sided range keeps the default interval on the other side unless that would leave nothing to search
+        if rng.min is None and search_lo < hi:
+            lo = max(lo, search_lo)
+        if rng.max is None and search_hi > lo:
+            hi = min(hi, search_hi)
         if lo > hi:
             raise AutomlError(f"{key}: range min {lo} is above max {hi}", field=field)
+    else:
+        lo, hi = search_lo, search_hi
     if kind == "integer":
         step = 1
         m = re.fullmatch(r"\s*/\s*(\d+)\s*", str(row["math_cond"] or ""))
