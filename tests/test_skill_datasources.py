@@ -85,6 +85,40 @@ def test_s3_no_such_key(s3: object, tmp_path: Path) -> None:
     assert err.value.field == "dataset.val_ann_path"
 
 
+def test_s3_folder_prefix_downloads_every_object_with_cache(s3: object, tmp_path: Path) -> None:
+    for name, body in {"imgs/a.png": b"1", "imgs/sub/b.png": b"2", "imgs2/other.png": b"x"}.items():
+        s3.put_object(Bucket="data", Key=name, Body=body)
+    cache = tmp_path / "cache"
+    got = resolve_value("dataset.train_img_dir", "s3://data/imgs/", cache)
+    root = Path(got.local_path)
+    assert got.kind == "s3_folder" and not got.cached
+    files = sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
+    assert files == ["a.png", "sub/b.png"]  # "imgs2/" shares the letters but is not under "imgs/"
+    assert (root / "sub" / "b.png").read_bytes() == b"2"
+    # without the trailing slash: no such object, but a folder -> the same listing, served from the cache
+    again = resolve_value("dataset.train_img_dir", "s3://data/imgs", cache)
+    assert again.kind == "s3_folder" and again.etag == got.etag
+    plan = resolve_value("dataset.train_img_dir", "s3://data/imgs/", cache, dry_run=True)
+    assert plan.kind == "s3_folder" and plan.etag == got.etag
+    s3.put_object(Bucket="data", Key="imgs/c.png", Body=b"3")  # a changed folder is a new cache entry
+    newer = resolve_value("dataset.train_img_dir", "s3://data/imgs/", cache)
+    assert newer.local_path != got.local_path and (Path(newer.local_path) / "c.png").is_file()
+    assert not (Path(got.local_path) / "c.png").exists()
+
+
+def test_s3_folder_errors(s3: object, tmp_path: Path) -> None:
+    with pytest.raises(DataSourceError, match="no objects under") as err:
+        resolve_value("inference.img_dir", "s3://data/empty/", tmp_path / "cache")
+    assert err.value.field == "inference.img_dir"
+    with pytest.raises(DataSourceError, match="NoSuchKey"):  # neither an object nor a folder
+        resolve_value("inference.img_dir", "s3://data/nothing_here", tmp_path / "cache")
+    s3.put_object(Bucket="data", Key="up/../escape.png", Body=b"1")
+    with pytest.raises(DataSourceError, match="unsafe object name"):
+        resolve_value("inference.img_dir", "s3://data/up/", tmp_path / "cache")
+    assert not (tmp_path / "cache" / "escape.png").exists()
+    assert not list((tmp_path / "cache").rglob("folder"))  # nothing half-downloaded looks complete
+
+
 @pytest.mark.parametrize("kind", ["dotdot", "abs", "symlink", "device"])
 def test_s3_malicious_tar_is_rejected(s3: object, tmp_path: Path, kind: str) -> None:
     s3.put_object(Bucket="data", Key=f"evil/{kind}.tar.gz", Body=_evil_tar(kind))

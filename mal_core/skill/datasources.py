@@ -1,7 +1,10 @@
-"""Data-source values: local files/folders, local ``*.tar.gz`` archives, or ``s3://bucket/key`` objects.
+"""Data-source values: local files/folders, local ``*.tar.gz`` archives, ``s3://bucket/key`` objects or
+``s3://bucket/prefix/`` folders.
 
-Remote objects and archives are fetched once into a cache keyed by URI + ETag (local: size + mtime), and archives
-are extracted safely: absolute names, ``..``, links and device files are rejected.
+Remote objects and archives are fetched once into a cache keyed by URI + ETag (local: size + mtime; an S3 folder:
+a digest of every key, size and ETag under the prefix), and archives are extracted safely: absolute names, ``..``,
+links and device files are rejected. An S3 value that is not an object but has objects under ``value/`` is read
+as a folder.
 """
 
 from __future__ import annotations
@@ -104,10 +107,14 @@ def _s3_client() -> Any:
     return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """(bucket, key) of ``s3://bucket/key``."""
+def split_s3(uri: str, *, folder: bool = False) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``; with ``folder`` the key is a prefix ending in ``/`` (or empty)."""
     rest = uri[len("s3://"):]
     bucket, _, key = rest.partition("/")
+    if folder:
+        if not bucket:
+            raise DataSourceError(f"{uri!r} must name a bucket: s3://bucket/prefix/", field="s3")
+        return bucket, key if not key or key.endswith("/") else key + "/"
     if not bucket or not key or key.endswith("/"):
         raise DataSourceError(f"{uri!r} must name one object: s3://bucket/path/file", field="s3")
     return bucket, key
@@ -158,6 +165,85 @@ def _fetch_s3(uri: str, key: str, cache: Path) -> tuple[Path, str, bool]:
     return target, etag, False
 
 
+def s3_list(uri: str, key: str) -> list[dict[str, Any]]:
+    """Every object under the folder ``uri`` as ``{Key, Size, ETag}`` (paginated); [] when there is none."""
+    from botocore.exceptions import BotoCoreError, ClientError  # lazy
+
+    bucket, prefix = split_s3(uri, folder=True)
+    objects: list[dict[str, Any]] = []
+    try:
+        for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            objects += [{"Key": o["Key"], "Size": int(o.get("Size", 0)), "ETag": str(o.get("ETag", "")).strip('"')}
+                        for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(exc, uri, key) from exc
+    return objects
+
+
+def _relative(obj_key: str, prefix: str, uri: str, key: str) -> PurePosixPath:
+    rel = PurePosixPath(obj_key[len(prefix):])
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts or obj_key.startswith("/"):
+        raise DataSourceError(f"{key}: unsafe object name {obj_key!r} under {uri}", field=key,
+                              hint="object names under an S3 folder must be relative paths without '..'")
+    return rel
+
+
+def _folder_version(objects: list[dict[str, Any]]) -> str:
+    listing = "\n".join(f"{o['Key']}\t{o['Size']}\t{o['ETag']}" for o in sorted(objects, key=lambda o: o["Key"]))
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def _fetch_s3_folder(uri: str, key: str, cache: Path, objects: list[dict[str, Any]]) -> tuple[Path, str, bool]:
+    """Download every object under the prefix into the cache (all or nothing); returns (folder, version, hit)."""
+    from botocore.exceptions import BotoCoreError, ClientError  # lazy
+
+    bucket, prefix = split_s3(uri, folder=True)
+    version = _folder_version(objects)
+    entry = cache / _cache_key(uri, version)
+    dest, marker = entry / "folder", entry / "folder.ok"
+    if marker.is_file() and dest.is_dir():
+        return dest, version, True
+    entry.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".folder-", dir=entry))
+    client = _s3_client()
+    try:
+        for obj in objects:
+            target = tmp / _relative(obj["Key"], prefix, uri, key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(target))
+    except (ClientError, BotoCoreError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _s3_error(exc, uri, key) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    marker.write_text(str(len(objects)))
+    return dest, version, False
+
+
+def _s3_folder_objects(value: str, key: str) -> list[dict[str, Any]] | None:
+    """The listing when ``value`` is meant as a folder (ends in ``/``, or is no object but has objects under it)."""
+    if value.endswith("/") or value.count("/") == 2:
+        objects = s3_list(value, key)
+        if not objects:
+            raise DataSourceError(f"{key}: no objects under {value}", field=key,
+                                  hint="check the bucket/prefix; an S3 folder must hold the files themselves")
+        return objects
+    try:
+        s3_head(value, key)
+        return None
+    except DataSourceError as exc:
+        if "NoSuchKey" not in exc.message:
+            raise
+        objects = s3_list(value, key)
+        if not objects:
+            raise
+        return objects
+
+
 def _extract_cached(archive: Path, uri: str, version: str, cache: Path, key: str) -> tuple[Path, bool]:
     dest = cache / _cache_key(uri, version) / "extracted"
     marker = dest.parent / "extracted.ok"
@@ -176,6 +262,14 @@ def _extract_cached(archive: Path, uri: str, version: str, cache: Path, key: str
 def resolve_value(key: str, value: str, cache: Path, *, dry_run: bool = False) -> Resolved:
     """Turn one data-source value into a local path (downloading / extracting into ``cache`` as needed)."""
     if value.startswith("s3://"):
+        folder = _s3_folder_objects(value, key)
+        if folder is not None:
+            if dry_run:
+                version = _folder_version(folder)
+                return Resolved(key, value, str(cache / _cache_key(value, version) / "folder"), "s3_folder",
+                                etag=version)
+            path, version, hit = _fetch_s3_folder(value, key, cache, folder)
+            return Resolved(key, value, str(path), "s3_folder", cached=hit, etag=version)
         if dry_run:
             etag = s3_head(value, key)
             return Resolved(key, value, str(cache / _cache_key(value, etag)), "s3", etag=etag)
