@@ -213,7 +213,7 @@ class TrainConfig:
         "over-shooting",
         description="Base learning rate per instance per device; the effective rate is lr x devices x batch_size. "
         "1e-6 fine-tunes a pretrained backbone; a backbone trained from scratch needs more (the CPU recipe uses "
-        "3e-5).",
+        "2e-5).",
     )
     min_lr: float = param(
         0.0, title="Minimum learning rate", minimum=0.0, automl_enabled=False, automl_reason="derived",
