@@ -147,3 +147,25 @@ def test_trials_without_a_finite_miou_are_failed_trials(local_ray: None, tmp_pat
     assert rec["status"] == "failure" and rec["error"]["code"] == "automl_failed"
     trials = rec["automl"]["trials"]
     assert len(trials) == 2 and all(t["status"] != "success" for t in trials)
+
+
+def test_a_crashing_trial_is_recorded_with_its_error(local_ray: None, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # an unreadable training image passes the up-front checks (they do not decode every image) and crashes the
+    # trial's data loader: the trial must be recorded as failed with the reason, the job must fail cleanly
+    monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    jobs = tmp_path / "jobs"
+    data = tiny_dataset(tmp_path / "data")
+    broken = sorted(Path(data["dataset.train_img_dir"]).iterdir())[0]
+    broken.write_bytes(b"this is not an image")
+    over = {**TINY_OVERRIDES, **data, "train.num_epochs": 1}
+    settings = {"automl_max_recommendations": 1, "automl_hyperparameters": ["train.lr"], "automl_algorithm": "random"}
+    rc = main("train", ["--jobs-root", str(jobs), "--job-id", "crash1", "--spec-overrides", json.dumps(over),
+                        "--automl-settings", json.dumps(settings)])
+    out = last_json_line(capsys.readouterr().out)
+    assert rc == 1 and out["status"] == "failure" and out["error"]["code"] == "automl_failed"
+    trials = read_job(jobs / "crash1")["automl"]["trials"]
+    assert len(trials) == 1 and trials[0]["status"] == "failure" and trials[0]["mIoU"] is None
+    assert broken.name in trials[0]["error"]

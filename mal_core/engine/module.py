@@ -17,6 +17,7 @@ from mal_core.config.loader import spec_to_dict
 from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.postprocess import paste_masks, region_iou
 from mal_core.engine.schedule import lr_at, scaled_lr, warmup_weight
+from mal_core.engine.seeding import seed_rank_streams
 from mal_core.losses import crf_loss, mil_loss
 from mal_core.model.network import StudentTeacher
 from mal_core.utils.io import json_safe
@@ -71,6 +72,7 @@ class MALModule(pl.LightningModule):
         return max(int(n), 1) if math.isfinite(n) else 1
 
     def on_train_start(self) -> None:
+        seed_rank_streams(self.cfg.train.seed, self.trainer.global_rank, self.trainer.world_size)
         # first step of a fresh (or resumed) run: the schedule's value one step into the current epoch
         self._set_lr(self.current_epoch + 1.0 / self._iters_per_epoch())
 
