@@ -145,15 +145,15 @@ def s3_head(uri: str, key: str) -> str:
     return str(head.get("ETag", "")).strip('"')
 
 
-def _fetch_s3(uri: str, key: str, cache: Path) -> tuple[Path, str, bool]:
+def _fetch_s3(uri: str, key: str, cache: Path, etag: str) -> tuple[Path, bool]:
+    """Download the object (ETag ``etag``, from :func:`s3_head`) into the cache; returns (file, cache hit)."""
     from botocore.exceptions import BotoCoreError, ClientError  # lazy
 
-    etag = s3_head(uri, key)
     bucket, obj = split_s3(uri)
     entry = cache / _cache_key(uri, etag)
     target = entry / PurePosixPath(obj).name
     if target.is_file():
-        return target, etag, True
+        return target, True
     entry.mkdir(parents=True, exist_ok=True)
     tmp = entry / f".{target.name}.part"
     try:
@@ -162,7 +162,7 @@ def _fetch_s3(uri: str, key: str, cache: Path) -> tuple[Path, str, bool]:
         tmp.unlink(missing_ok=True)
         raise _s3_error(exc, uri, key) from exc
     os.replace(tmp, target)
-    return target, etag, False
+    return target, False
 
 
 def s3_list(uri: str, key: str) -> list[dict[str, Any]]:
@@ -193,13 +193,18 @@ def _folder_version(objects: list[dict[str, Any]]) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
+def _folder_entry(uri: str, objects: list[dict[str, Any]], cache: Path) -> tuple[Path, str]:
+    """(cache entry folder, listing version) of an S3 folder; the files go to ``<entry>/folder``."""
+    version = _folder_version(objects)
+    return cache / _cache_key(uri, version), version
+
+
 def _fetch_s3_folder(uri: str, key: str, cache: Path, objects: list[dict[str, Any]]) -> tuple[Path, str, bool]:
     """Download every object under the prefix into the cache (all or nothing); returns (folder, version, hit)."""
     from botocore.exceptions import BotoCoreError, ClientError  # lazy
 
     bucket, prefix = split_s3(uri, folder=True)
-    version = _folder_version(objects)
-    entry = cache / _cache_key(uri, version)
+    entry, version = _folder_entry(uri, objects, cache)
     dest, marker = entry / "folder", entry / "folder.ok"
     if marker.is_file() and dest.is_dir():
         return dest, version, True
@@ -224,24 +229,24 @@ def _fetch_s3_folder(uri: str, key: str, cache: Path, objects: list[dict[str, An
     return dest, version, False
 
 
-def _s3_folder_objects(value: str, key: str) -> list[dict[str, Any]] | None:
-    """The listing when ``value`` is meant as a folder (ends in ``/``, or is no object but has objects under it)."""
+def _s3_probe(value: str, key: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """``(listing, None)`` when ``value`` is a folder (ends in ``/``, names only a bucket, or is no object but has
+    objects under it), else ``(None, etag)`` of the object; one HEAD request for an object."""
     if value.endswith("/") or value.count("/") == 2:
         objects = s3_list(value, key)
         if not objects:
             raise DataSourceError(f"{key}: no objects under {value}", field=key,
                                   hint="check the bucket/prefix; an S3 folder must hold the files themselves")
-        return objects
+        return objects, None
     try:
-        s3_head(value, key)
-        return None
+        return None, s3_head(value, key)
     except DataSourceError as exc:
         if "NoSuchKey" not in exc.message:
             raise
         objects = s3_list(value, key)
         if not objects:
             raise
-        return objects
+        return objects, None
 
 
 def _extract_cached(archive: Path, uri: str, version: str, cache: Path, key: str) -> tuple[Path, bool]:
@@ -262,18 +267,16 @@ def _extract_cached(archive: Path, uri: str, version: str, cache: Path, key: str
 def resolve_value(key: str, value: str, cache: Path, *, dry_run: bool = False) -> Resolved:
     """Turn one data-source value into a local path (downloading / extracting into ``cache`` as needed)."""
     if value.startswith("s3://"):
-        folder = _s3_folder_objects(value, key)
+        folder, etag = _s3_probe(value, key)
         if folder is not None:
             if dry_run:
-                version = _folder_version(folder)
-                return Resolved(key, value, str(cache / _cache_key(value, version) / "folder"), "s3_folder",
-                                etag=version)
+                entry, version = _folder_entry(value, folder, cache)
+                return Resolved(key, value, str(entry / "folder"), "s3_folder", etag=version)
             path, version, hit = _fetch_s3_folder(value, key, cache, folder)
             return Resolved(key, value, str(path), "s3_folder", cached=hit, etag=version)
         if dry_run:
-            etag = s3_head(value, key)
             return Resolved(key, value, str(cache / _cache_key(value, etag)), "s3", etag=etag)
-        path, etag, hit = _fetch_s3(value, key, cache)
+        path, hit = _fetch_s3(value, key, cache, etag)
         if is_archive(path.name):
             root, hit2 = _extract_cached(path, value, etag, cache, key)
             return Resolved(key, value, str(root), "s3_archive", cached=hit and hit2, etag=etag)
