@@ -84,6 +84,10 @@ def _nodes() -> dict[str, Node]:
     return {n.dotted: n for n in walk() if not n.is_section}
 
 
+def _interval(lo: Any, hi: Any) -> str:
+    return f"{_code(lo)} .. {_code(hi)}"
+
+
 def _range(node: Node) -> str:
     meta = node.meta
     if meta.get("options") is not None:
@@ -91,8 +95,8 @@ def _range(node: Node) -> str:
     lo, hi = meta.get("minimum"), meta.get("maximum")
     if lo is not None and hi is not None:
         searched = meta.get("automl_range")
-        suffix = f" (AutoML searches {_code(searched[0])} .. {_code(searched[1])})" if searched else ""
-        return f"{_code(lo)} .. {_code(hi)}{suffix}"
+        suffix = f" (AutoML searches {_interval(*searched)})" if searched else ""
+        return _interval(lo, hi) + suffix
     if lo is not None:
         return f">= {_code(lo)}"
     if hi is not None:
@@ -196,7 +200,7 @@ def block_automl_parameters(schemas: dict[str, dict[str, Any]], info: SkillInfo)
         if prop.get("math_cond"):
             cond = "`" + prop["math_cond"].replace("depends_on", prop.get("depends_on", "depends_on")) + "`"
         searched = node.meta.get("automl_range")
-        rng = f"{_code(searched[0])} .. {_code(searched[1])}" if searched else _range(node)
+        rng = _interval(*searched) if searched else _range(node)
         rows.append([f"`{key}`", _code(prop["default"]), rng, cond])
     return _table(["Key", "Default", "Range / options", "Condition"], rows)
 

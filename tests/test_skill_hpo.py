@@ -128,24 +128,31 @@ def test_two_trial_ray_tune_run(local_ray: None, tmp_path: Path, capsys: pytest.
     assert read_job(jobs / "hpo1")["attempts"] == 2
 
 
+def _failing_hpo(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, job_id: str,
+                 data: dict[str, str], overrides: dict, trials: int) -> list[dict]:
+    """Run a random-search HPO that must fail as a whole; checks the result line and job record, returns trials."""
+    monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    jobs = tmp_path / "jobs"
+    over = {**TINY_OVERRIDES, **data, "train.num_epochs": 1, **overrides}
+    settings = {"automl_max_recommendations": trials, "automl_hyperparameters": ["train.lr"],
+                "automl_algorithm": "random"}
+    rc = main("train", ["--jobs-root", str(jobs), "--job-id", job_id, "--spec-overrides", json.dumps(over),
+                        "--automl-settings", json.dumps(settings)])
+    out = last_json_line(capsys.readouterr().out)
+    assert rc == 1 and out["status"] == "failure" and out["error"]["code"] == "automl_failed"
+    rec = read_job(jobs / job_id)
+    assert rec["status"] == "failure" and rec["error"]["code"] == "automl_failed"
+    return rec["automl"]["trials"]
+
+
 def test_trials_without_a_finite_miou_are_failed_trials(local_ray: None, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # validating on GT-free boxes (load_mask false) yields no mIoU: each trial must be recorded as failed, and the
     # experiment must end in a terminal failure state, not crash
-    monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    jobs = tmp_path / "jobs"
-    data = tiny_dataset(tmp_path / "data")
-    over = {**TINY_OVERRIDES, **data, "dataset.load_mask": False, "train.num_epochs": 1}
-    settings = {"automl_max_recommendations": 2, "automl_hyperparameters": ["train.lr"], "automl_algorithm": "random"}
-    rc = main("train", ["--jobs-root", str(jobs), "--job-id", "nan1", "--spec-overrides", json.dumps(over),
-                        "--automl-settings", json.dumps(settings)])
-    out = last_json_line(capsys.readouterr().out)
-    assert rc == 1 and out["status"] == "failure" and out["error"]["code"] == "automl_failed"
-    rec = read_job(jobs / "nan1")
-    assert rec["status"] == "failure" and rec["error"]["code"] == "automl_failed"
-    trials = rec["automl"]["trials"]
+    trials = _failing_hpo(tmp_path, capsys, monkeypatch, "nan1", tiny_dataset(tmp_path / "data"),
+                          {"dataset.load_mask": False}, trials=2)
     assert len(trials) == 2 and all(t["status"] != "success" for t in trials)
 
 
@@ -154,18 +161,9 @@ def test_a_crashing_trial_is_recorded_with_its_error(local_ray: None, tmp_path: 
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # an unreadable training image passes the up-front checks (they do not decode every image) and crashes the
     # trial's data loader: the trial must be recorded as failed with the reason, the job must fail cleanly
-    monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    jobs = tmp_path / "jobs"
     data = tiny_dataset(tmp_path / "data")
     broken = sorted(Path(data["dataset.train_img_dir"]).iterdir())[0]
     broken.write_bytes(b"this is not an image")
-    over = {**TINY_OVERRIDES, **data, "train.num_epochs": 1}
-    settings = {"automl_max_recommendations": 1, "automl_hyperparameters": ["train.lr"], "automl_algorithm": "random"}
-    rc = main("train", ["--jobs-root", str(jobs), "--job-id", "crash1", "--spec-overrides", json.dumps(over),
-                        "--automl-settings", json.dumps(settings)])
-    out = last_json_line(capsys.readouterr().out)
-    assert rc == 1 and out["status"] == "failure" and out["error"]["code"] == "automl_failed"
-    trials = read_job(jobs / "crash1")["automl"]["trials"]
+    trials = _failing_hpo(tmp_path, capsys, monkeypatch, "crash1", data, {}, trials=1)
     assert len(trials) == 1 and trials[0]["status"] == "failure" and trials[0]["mIoU"] is None
     assert broken.name in trials[0]["error"]
