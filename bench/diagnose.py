@@ -51,16 +51,19 @@ def ceiling(args: argparse.Namespace) -> dict:
                                       num_val_images=args.val_images, difficulty=args.difficulty, seed=args.seed)
     coco = load_coco(data.val_ann_path, data.val_img_dir)
     ds = BoxCropDataset(coco, args.crop, train=False, load_mask=True)
+    samples = []  # (collated eval sample, GT cut to its expanded box), read and decoded once for every stride
+    for i in range(len(ds)):
+        batch = collate_crops([ds[i]])
+        inst = ds.instances[i]
+        gt = decode_segmentation(coco.annotation(inst.ann_id)["segmentation"], inst.height, inst.width)
+        ext = tuple(int(v) for v in batch["ext_box"][0])
+        gt_box = np.ascontiguousarray(crop_wrap(gt.astype(np.float32), ext))
+        samples.append((batch, torch.from_numpy(gt_box)[None, None]))
     rows = {}
     for stride in (8, 4, 2, 1):
         side = args.crop // stride
         ious = []
-        for i in range(len(ds)):
-            batch = collate_crops([ds[i]])
-            inst = ds.instances[i]
-            gt = decode_segmentation(coco.annotation(inst.ann_id)["segmentation"], inst.height, inst.width)
-            ext = tuple(int(v) for v in batch["ext_box"][0])
-            g = torch.from_numpy(np.ascontiguousarray(crop_wrap(gt.astype(np.float32), ext)))[None, None]
+        for batch, g in samples:
             logits = torch.logit(F.interpolate(g, size=(side, side), mode="area").clamp(1e-4, 1 - 1e-4))
             pasted = paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"],
                                  batch["box_area"], [0.5], boxes=batch["box"])
