@@ -7,8 +7,7 @@ seed, so the table shows run-to-run noise next to the difference. Three training
   * 2 processes, batch B: DDP; the effective batch is 2B and the linear rule (lr x devices x batch) doubles the rate,
     so it takes half the optimiser steps at twice the rate.
   * 1 process, batch 2B:  the same effective batch, rate and step count as the 2-process run. DDP is correct when
-    2 processes x B agree with 1 process x 2B within noise; they differ only in data order and in the per-rank
-    batch statistics.
+    2 processes x B agree with 1 process x 2B within noise; they differ only in data order and random streams.
 Labelling is deterministic, so 2-process inference must reproduce the 1-process labels. Not a test.
 """
 
