@@ -46,45 +46,48 @@ def _run(capsys, argv, jobs_root):
 def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
     monkeypatch.setenv("MAL_PROGRESS_BAR", "0")
     root, data, spec = workspace
-    code, res = _run(capsys, ["train", "-e", str(spec)], root / "jobs")
+    code, res = _run(capsys, ["train", "-e", str(spec), "--job-id", "t1"], root / "jobs")
     assert code == 0, res
+    train_dir = root / "jobs" / "t1"  # the job folder: the spec file's results_dir does not apply to a job
+    assert res["results_dir"] == str(train_dir) and not (root / "train").exists()
     assert res["status"] == "success" and res["route"] == "direct" and res["error"] is None
     names = sorted(p.split("/")[-1] for p in res["artifacts"]["checkpoints"])
     assert len(names) == 2 and names[0].startswith("model_epoch_000_step_") and names[1].startswith("model_epoch_001")
-    assert (root / "train" / "mal_model_latest.pth").is_symlink()
+    assert (train_dir / "mal_model_latest.pth").is_symlink()
     assert 0.0 <= res["metrics"]["mIoU"] <= 1.0
-    history = [json.loads(x) for x in (root / "train" / "validation_history.jsonl").read_text().splitlines()]
+    history = [json.loads(x) for x in (train_dir / "validation_history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [0, 1]
-    assert list((root / "train" / "lightning_logs").rglob("events.out.tfevents*"))  # TensorBoard log
-    ckpt = torch.load(root / "train" / "mal_model_latest.pth", weights_only=True)
+    assert list((train_dir / "lightning_logs").rglob("events.out.tfevents*"))  # TensorBoard log
+    ckpt = torch.load(train_dir / "mal_model_latest.pth", weights_only=True)
     assert ckpt["mal"]["spec"]["model"]["arch"] == "vit-mae-nano/8" and ckpt["epoch"] == 1
 
-    # resume: same results dir, one more epoch -> continues from the latest checkpoint
-    code, res2 = _run(capsys, ["train", "-e", str(spec), "--set", "train.num_epochs=3"], root / "jobs")
+    # resume: same job id, one more epoch -> continues from the job's latest checkpoint
+    code, res2 = _run(capsys, ["train", "-e", str(spec), "--job-id", "t1", "--set", "train.num_epochs=3"],
+                      root / "jobs")
     assert code == 0 and res2["artifacts"]["resumed_from"].endswith(names[1])
     assert len(res2["artifacts"]["checkpoints"]) == 3
-    ckpt3 = torch.load(root / "train" / "mal_model_latest.pth", weights_only=True)
+    ckpt3 = torch.load(train_dir / "mal_model_latest.pth", weights_only=True)
     assert ckpt3["epoch"] == 2 and ckpt3["global_step"] > ckpt["global_step"]
 
-    latest = str(root / "train" / "mal_model_latest.pth")
-    code, ev = _run(capsys, ["evaluate", "-e", str(spec), "--set", f"results_dir={root / 'eval'}",
+    latest = str(train_dir / "mal_model_latest.pth")
+    code, ev = _run(capsys, ["evaluate", "-e", str(spec), "--job-id", "e1",
                              "--set", f"evaluate.checkpoint={latest}", "--set", "evaluate.comp_clustering=true"],
                         root / "jobs")
     assert code == 0, ev
-    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    metrics = json.loads((root / "jobs" / "e1" / "metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(ev["metrics"]["mIoU"]) and metrics["num_instances"] > 0
     assert 0.0 < metrics["cluster_score"] < 2.0  # squared distance of unit vectors to their normalised centroid
     assert ev["metrics"]["mIoU"] == pytest.approx(json.loads(
-        (root / "train" / "validation_history.jsonl").read_text().splitlines()[-1])["mIoU"], abs=1e-6)
+        (train_dir / "validation_history.jsonl").read_text().splitlines()[-1])["mIoU"], abs=1e-6)
 
     code, inf = _run(capsys, [
-        "inference", "-e", str(spec), "--set", f"results_dir={root / 'inf'}", "--set", f"inference.checkpoint={latest}",
+        "inference", "-e", str(spec), "--job-id", "i1", "--set", f"inference.checkpoint={latest}",
         "--set", f"inference.ann_path={data.train_ann_path}", "--set", f"inference.img_dir={data.train_img_dir}",
         "--set", "inference.save_overlays=true", "--set", "inference.use_flip_test=true"], root / "jobs")
     assert code == 0, inf
     source = json.loads(data.train_ann_path.read_text())
     out = json.loads(open(inf["artifacts"]["label_dump"]).read())
-    assert inf["artifacts"]["label_dump"] == str(root / "inf" / "inference.json")
+    assert inf["artifacts"]["label_dump"] == str(root / "jobs" / "i1" / "inference.json")
     assert out["images"] == source["images"] and out["categories"] == source["categories"]
     assert [a["id"] for a in out["annotations"]] == [a["id"] for a in source["annotations"]]
     for ann, src in zip(out["annotations"], source["annotations"], strict=True):
@@ -97,8 +100,8 @@ def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
         outside[int(np.floor(y)):int(np.ceil(y + h)), int(np.floor(x)):int(np.ceil(x + w))] = False
         assert not outside.any()  # masks never leave their box
         assert 0.0 <= ann["score"] <= 1.0
-    assert len(list((root / "inf" / "overlays").glob("*.png"))) == len(source["images"])
-    assert not list((root / "inf").glob(".*.tmp"))
+    assert len(list((root / "jobs" / "i1" / "overlays").glob("*.png"))) == len(source["images"])
+    assert not list((root / "jobs" / "i1").glob(".*.tmp"))
 
 
 def test_wrong_kind_of_checkpoint_and_conflicting_arch_exit_2(workspace, capsys, tmp_path):

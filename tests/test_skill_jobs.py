@@ -17,7 +17,7 @@ from mal_core.skill.jobs import Job, JobError, read_job
 from mal_core.skill.mappings import apply_mappings
 from mal_core.skill.parents import ParentError, resolve_parent
 from mal_core.skill.runner import main
-from mal_core.skill.testing import last_json_line
+from mal_core.skill.testing import last_json_line, minimal_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 INFO = load_skill_info(ROOT / "references" / "skill_info.yaml")
@@ -50,8 +50,12 @@ def test_job_lifecycle(tmp_path: Path) -> None:
     assert rec["status"] == "failure" and rec["error"]["message"] == "boom"
     assert [t["state"] for t in rec["transitions"]] == ["pending", "running", "failure"]
     assert not list(job.dir.glob(".job.json.*"))  # atomic writes leave no temp file
+    with pytest.raises(JobError, match="already running"):  # the attempt still holds the job
+        Job.create(tmp_path, "train", "j1")
+    job.close()
     again = Job.create(tmp_path, "train", "j1")
     assert again.record["attempts"] == 2 and again.state == "pending"
+    again.close()
     with pytest.raises(JobError):
         Job.create(tmp_path, "evaluate", "j1")
     with pytest.raises(JobError):
@@ -105,10 +109,7 @@ def test_mappings_explicit_wins(tmp_path: Path) -> None:
 
 
 def _data(tmp_path: Path) -> dict[str, str]:
-    d = tmp_path / "data"
-    (d / "images").mkdir(parents=True)
-    (d / "ann.json").write_text("{}")
-    return {"img": str(d / "images"), "ann": str(d / "ann.json")}
+    return minimal_coco(tmp_path / "data")
 
 
 def _run(capsys: pytest.CaptureFixture[str], action: str, argv: list[str]) -> tuple[int, dict]:

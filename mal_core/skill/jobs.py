@@ -1,12 +1,26 @@
-"""Job folders ``<jobs_root>/<job_id>/`` and their ``job.json`` record (atomic writes, state transitions)."""
+"""Job folders ``<jobs_root>/<job_id>/`` and their ``job.json`` record (atomic writes, state transitions).
+
+One run at a time per job: a run holds ``job.lock`` (an exclusive ``flock`` on a file naming its pid and host) from
+the moment it opens the job until it ends; a second run on the same job id is refused. A lock left by a process that
+no longer exists on this host is taken over.
+
+Each run of a job id is one attempt. When an evaluate or inference job is run again, everything the earlier attempt
+wrote (outputs, ``spec.yaml``, logs) is moved to ``previous_attempts/<n>/`` before the new attempt starts, and its
+record (status, artifacts, metrics, error) moves to ``previous_attempts`` in ``job.json``; so what sits at the top
+of the folder, and what ``job.json`` lists, always belongs to the current attempt. A train job keeps its files in
+place (a re-run resumes from its checkpoints); only its record is archived.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +31,18 @@ from mal_core.utils.io import atomic_write_json
 JOB_FILE = "job.json"
 SPEC_FILE = "spec.yaml"
 LOG_DIR = "logs"
+LOCK_FILE = "job.lock"
+PREVIOUS_DIR = "previous_attempts"
+#: Names at the top of a job folder that belong to the job, not to one attempt.
+JOB_OWN_NAMES = (JOB_FILE, LOCK_FILE, PREVIOUS_DIR)
+#: Actions whose earlier outputs are moved aside on a re-run (train resumes from its own files instead).
+ARCHIVED_ACTIONS = ("evaluate", "inference")
 STATES = ("pending", "running", "success", "failure")
 TERMINAL = ("success", "failure")
 _TRANSITIONS = {"pending": {"running", "failure"}, "running": {"success", "failure"},
                 "success": {"running"}, "failure": {"running"}}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+log = logging.getLogger(__name__)
 
 
 class JobError(MalError):
@@ -64,14 +85,165 @@ def read_job(job_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def ensure_job_dir(job_dir: Path) -> None:
+    """Create the job folder; an existing file in its place is a :class:`JobError` naming ``results_dir``."""
+    for p, field in ((job_dir.parent, "jobs_root"), (job_dir, "results_dir")):
+        if p.exists() and not p.is_dir():
+            raise JobError(f"{field} {str(p)!r} is an existing file, expected a folder (the job folder "
+                           f"{str(job_dir)!r} goes there)", field=field,
+                           hint="pick another --job-id or --jobs-root, or move the file away")
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file further up the path, or no permission
+        raise JobError(f"cannot create the job folder {str(job_dir)!r}: {exc.strerror}", field="jobs_root") from exc
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (a zombie counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    return (f"pid {holder.get('pid')} on host {holder.get('host')!r}, {holder.get('action')} since "
+            f"{holder.get('started')}")
+
+
+class JobLock:
+    """The exclusive lock of a job folder (``job.lock``): held by one run, released when it ends."""
+
+    def __init__(self, path: Path, fd: int, taken_over: dict[str, Any] | None) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        #: the lock record of a dead run this lock replaced (None when the job was not locked)
+        self.taken_over = taken_over
+
+    @classmethod
+    def acquire(cls, job_dir: Path, job_id: str, action: str) -> JobLock:
+        """Lock ``job_dir`` or raise :class:`JobError` (exit 2) naming the run that holds it."""
+        path = job_dir / LOCK_FILE
+        for _ in range(10):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_lock(fd)
+                os.close(fd)
+                raise JobError(f"job {job_id!r} is already running ({_holder_text(holder)}); lock file {path}",
+                               field="job_id", hint="wait for that run to end, or pick another --job-id") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released (deleted) it between our open and flock: lock the new file
+                os.close(fd)
+                continue
+            holder = _read_lock(fd)
+            if holder and not _lock_is_stale(holder):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise JobError(f"job {job_id!r} is locked by {_holder_text(holder)} (lock file {path})",
+                               field="job_id", hint=f"if no run of this job is alive on {holder.get('host')!r}, "
+                               f"delete {path} and run again; otherwise pick another --job-id")
+            record = {"pid": os.getpid(), "host": socket.gethostname(), "action": action, "job_id": job_id,
+                      "started": _now()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            os.fsync(fd)
+            if holder:
+                log.warning("job %s: took over the stale lock of %s (that process is gone)", job_id,
+                            _holder_text(holder))
+            return cls(path, fd, holder or None)
+        raise JobError(f"could not lock job {job_id!r}: {path} keeps changing", field="job_id")
+
+    def release(self) -> None:
+        """Delete the lock file and drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                self.path.unlink()
+        os.close(fd)
+
+
+def _read_lock(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}  # half-written by a run that died at once: nothing to honour
+    return data if isinstance(data, dict) else {}
+
+
+def _lock_is_stale(holder: dict[str, Any]) -> bool:
+    """A lock record nobody holds any more: its process is gone from this host (another host cannot be checked)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    return not isinstance(pid, int) or pid == os.getpid() or not _pid_alive(pid)
+
+
+def _rewrite_paths(obj: Any, old: Path, new: Path, moved: set[str]) -> Any:
+    """Paths in a JSON tree that pointed at an entry ``moved`` out of folder ``old`` now point into ``new``."""
+    if isinstance(obj, str):
+        head, sep, rest = obj.partition(str(old) + os.sep)
+        if not head and sep and rest.split(os.sep, 1)[0] in moved:
+            return str(new / rest)
+        return obj
+    if isinstance(obj, dict):
+        return {k: _rewrite_paths(v, old, new, moved) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rewrite_paths(v, old, new, moved) for v in obj]
+    return obj
+
+
+def archive_attempt(job_dir: Path, record: dict[str, Any], move_files: bool) -> dict[str, Any]:
+    """Move the last attempt out of the way; returns its entry for ``record['previous_attempts']``.
+
+    With ``move_files``, everything at the top of ``job_dir`` but ``job.json``, ``job.lock`` and
+    ``previous_attempts/`` goes to ``previous_attempts/<n>/`` (paths in the archived artifacts follow).
+    """
+    n = int(record.get("attempts") or 1)
+    status = record.get("status")
+    entry: dict[str, Any] = {"attempt": n, "status": status if status in TERMINAL else "interrupted",
+                             "updated": record.get("updated"), "artifacts": record.get("artifacts") or {},
+                             "metrics": record.get("metrics") or {}, "error": record.get("error"), "folder": None}
+    leftovers = sorted(p for p in job_dir.iterdir() if p.name not in JOB_OWN_NAMES) if move_files else []
+    if leftovers:
+        dest = job_dir / PREVIOUS_DIR / str(n)
+        k = 1
+        while dest.exists():  # an attempt number seen twice (a record rewritten by hand): never overwrite
+            k += 1
+            dest = job_dir / PREVIOUS_DIR / f"{n}-{k}"
+        dest.mkdir(parents=True)
+        for p in leftovers:
+            os.rename(p, dest / p.name)
+        entry["folder"] = str(dest)
+        entry["artifacts"] = _rewrite_paths(entry["artifacts"], job_dir, dest, {p.name for p in leftovers})
+        log.info("job %s: attempt %d (%s) moved to %s", job_dir.name, n, entry["status"], dest)
+    return entry
+
+
 class Job:
     """One job folder and its record; every change rewrites ``job.json`` atomically."""
 
-    def __init__(self, jobs_root: Path, job_id: str, record: dict[str, Any]) -> None:
+    def __init__(self, jobs_root: Path, job_id: str, record: dict[str, Any], lock: JobLock | None = None) -> None:
         self.jobs_root = jobs_root
         self.job_id = job_id
         self.dir = jobs_root / job_id
         self.record = record
+        self.lock = lock
 
     @property
     def results_dir(self) -> Path:
@@ -85,29 +257,54 @@ class Job:
 
     @classmethod
     def create(cls, jobs_root: Path, action: str, job_id: str | None = None, parent_id: str | None = None) -> Job:
-        """Create (or reopen, for a resumed run of the same action) ``<jobs_root>/<job_id>``."""
+        """Lock and create (or reopen, for a new attempt of the same action) ``<jobs_root>/<job_id>``.
+
+        Raises :class:`JobError` when another run holds the job, or the job ran another action; call
+        :meth:`close` when the attempt ends to release the lock.
+        """
         job_id = check_job_id(job_id or new_job_id(action))
         job_dir = jobs_root / job_id
+        ensure_job_dir(job_dir)
+        lock = JobLock.acquire(job_dir, job_id, action)
+        try:
+            return cls._open_locked(jobs_root, job_dir, action, job_id, parent_id, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, jobs_root: Path, job_dir: Path, action: str, job_id: str, parent_id: str | None,
+                     lock: JobLock) -> Job:
         old = read_job(job_dir)
         if old is not None:
             if old.get("action") != action:
                 raise JobError(f"job {job_id!r} exists and ran action {old.get('action')!r}, not {action!r}",
                                field="job_id", hint="pick another --job-id")
-            old.setdefault("attempts", 1)
-            old["attempts"] += 1
+            previous = archive_attempt(job_dir, old, move_files=action in ARCHIVED_ACTIONS)
+            old.setdefault("previous_attempts", []).append(previous)
+            old["attempts"] = int(old.get("attempts") or 1) + 1
             old["parent_id"] = parent_id or old.get("parent_id")
-            job = cls(jobs_root, job_id, old)
-            job.transition("pending", note="re-run")
+            old.update(artifacts={}, metrics={}, error=None)
+            job = cls(jobs_root, job_id, old, lock)
+            note = f"re-run; attempt {previous['attempt']} ended {previous['status']}"
+            if previous["folder"]:
+                note += f", its files moved to {PREVIOUS_DIR}/{Path(previous['folder']).name}"
+            job.transition("pending", note=note)
+            (job.dir / LOG_DIR).mkdir(exist_ok=True)
             return job
         record = {"job_id": job_id, "action": action, "parent_id": parent_id, "status": "pending",
                   "created": _now(), "attempts": 1, "transitions": [], "route": None, "results_dir": str(job_dir),
                   "spec_path": None, "artifacts": {}, "metrics": {}, "error": None}
-        job = cls(jobs_root, job_id, record)
-        job.dir.mkdir(parents=True, exist_ok=True)
+        job = cls(jobs_root, job_id, record, lock)
         (job.dir / LOG_DIR).mkdir(exist_ok=True)
         record["transitions"].append({"state": "pending", "time": _now()})
         job.save()
         return job
+
+    def close(self) -> None:
+        """End of the attempt: release the job lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def save(self) -> None:
         """Write ``job.json`` atomically."""

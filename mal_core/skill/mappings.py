@@ -33,11 +33,14 @@ def apply_mappings(info: SkillInfo, action: str, tree: dict[str, Any], explicit:
             return None, "no --parent-job-id"
         return parent.path, f"{parent.method} checkpoint of parent job {parent.job_id}"
 
-    # the label file goes where the action writes: an explicit results_dir wins over the job folder
-    out_dir = Path(tree["results_dir"]) if "results_dir" in explicit and tree.get("results_dir") else results_dir
+    def label_file() -> tuple[Any, str]:
+        # the label file goes where the action writes: inference.results_dir, else results_dir (set just before)
+        out_dir = get_dotted(tree, "inference.results_dir") or tree.get("results_dir") or results_dir
+        return str(Path(out_dir) / INFERENCE_FILE), "inference JSON in the results folder"
+
     functions: dict[str, Callable[[], tuple[Any, str]]] = {
         "output_dir": lambda: (str(results_dir), "job results folder"),
-        "create_inference_result_file_mal": lambda: (str(out_dir / INFERENCE_FILE), "inference JSON in results_dir"),
+        "create_inference_result_file_mal": label_file,
         "parent_model": parent_model,
         "resume_model": lambda: (resume_path, "newest checkpoint of this job" if resume_path else "nothing to resume"),
         "ptm_if_no_resume_model": lambda: (

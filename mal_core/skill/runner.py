@@ -75,10 +75,13 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 def collect_overrides(args: argparse.Namespace, shorthand: dict[str, str]) -> list[tuple[str, Any]]:
-    """Ordered (dotted key, value): --spec-overrides, then --set, then shorthand flags (later wins)."""
-    from mal_core.config.loader import parse_override
+    """Ordered (dotted key, value): --spec-overrides, then --set, then shorthand flags (later wins).
 
-    out: list[tuple[str, Any]] = []
+    Two names of one key (a shorthand or alias and its dotted key) with different values are an error naming both.
+    """
+    from mal_core.config.loader import check_alias_conflicts, parse_override
+
+    named: list[tuple[str, str, Any]] = []  # (name as given, dotted key, value)
     if args.spec_overrides:
         try:
             data = json.loads(args.spec_overrides)
@@ -86,12 +89,14 @@ def collect_overrides(args: argparse.Namespace, shorthand: dict[str, str]) -> li
             raise SpecError(f"--spec-overrides is not valid JSON: {exc}", field="spec_overrides") from exc
         if not isinstance(data, dict):
             raise SpecError("--spec-overrides must be a JSON object of dotted keys", field="spec_overrides")
-        out += [(shorthand.get(k, k), v) for k, v in data.items()]
-    out += [parse_override(o) for o in args.overrides]
+        named += [(k, shorthand.get(k, k), v) for k, v in data.items()]
+    named += [(k, k, v) for k, v in (parse_override(o) for o in args.overrides)]
     for name, value in vars(args).items():
         if name.startswith("short__") and value is not None:
-            out.append((shorthand[name[len("short__"):]], yaml.safe_load(value) if value.strip() else ""))
-    return out
+            short = name[len("short__"):]
+            named.append((f"--{short}", shorthand[short], yaml.safe_load(value) if value.strip() else ""))
+    check_alias_conflicts(named)
+    return [(k, v) for _, k, v in named]
 
 
 def assemble_spec(action: str, spec_path: str | None, overrides: list[tuple[str, Any]],
@@ -138,6 +143,23 @@ def _train_artifacts(result: dict[str, Any]) -> dict[str, Any]:
             "validation_history": result.get("validation_history"), "resumed_from": result.get("resumed_from")}
 
 
+def _train_metrics(result: dict[str, Any], arts: dict[str, Any]) -> dict[str, Any]:
+    """The run's validation metrics; a resumed run that validated nothing (the job had already reached
+    ``train.num_epochs``) reports the last recorded validation instead of ``{}``."""
+    from mal_core.skill.parents import read_history
+
+    metrics = dict(result.get("metrics") or {})
+    if metrics or not result.get("resumed_from"):
+        return metrics
+    history = read_history(Path(result["results_dir"]))
+    if history:
+        last = history[-1]
+        arts["metrics_from"] = (f"validation_history.jsonl, epoch {last.get('epoch')}: nothing was left to train "
+                                "(raise train.num_epochs to train further)")
+        metrics = {k: v for k, v in last.items() if k not in ("epoch", "step")}
+    return metrics
+
+
 def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the engine; returns (artifacts, metrics)."""
     from mal_core.config import check_for_action, parse_spec
@@ -148,7 +170,8 @@ def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[d
         from mal_core.engine.train import run_train
 
         result = run_train(cfg)
-        return _train_artifacts(result), dict(result.get("metrics") or {})
+        arts = _train_artifacts(result)
+        return arts, _train_metrics(result, arts)
     if action == "evaluate":
         from mal_core.engine.evaluate import run_evaluate
 
@@ -200,7 +223,7 @@ def main(action: str, argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"action": action, "job_id": None, "status": "failure", "route": None,
                            "automl_policy": None, "automl_policy_reason": None, "route_reason": None,
                            "message": None, "results_dir": None, "spec_path": None, "artifacts": {},
-                           "metrics": {}, "error": None}
+                           "metrics": {}, "error": None, "warnings": []}
     handlers = [_setup_logging()]
     t0 = time.time()
     code = 0
@@ -231,6 +254,9 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         if args.dry_run:
             out.update(status="planned", plan=plan)
             return 0
+        from mal_core.skill.preflight import preflight
+
+        checked = preflight(action, plan["spec"])  # bad input stops here: no job touched, no Ray, no worker
         jobs_root = default_jobs_root(args.jobs_root)
         job = Job.create(jobs_root, action, out["job_id"], parent_id=args.parent_job_id)
         handlers.append(job.log_handler())
@@ -242,7 +268,7 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         out["spec_path"] = str(spec_file)
         job.update(route=out["route"], automl_policy=out["automl_policy"], route_reason=out["route_reason"],
                    spec_path=str(spec_file), parent=plan.get("parent"), data_sources=plan.get("data_sources"),
-                   mappings=plan.get("mappings"), request=args.request)
+                   mappings=plan.get("mappings"), request=args.request, preflight=checked)
         job.transition("running")
         ran = True
         if out["route"] == "automl":
@@ -268,18 +294,23 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         if job is not None:
             job.finish(False, error=out["error"])
         return 1
+    finally:
+        if job is not None:
+            job.close()
 
 
 def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, Any]) -> dict[str, Any]:
     """Everything a run needs, without side effects: fills ``res`` as it goes and returns the plan."""
     from mal_core.config import check_for_action, parse_spec
-    from mal_core.config.checks import check_checkpoint_conflicts
+    from mal_core.config.checks import check_checkpoint_conflicts, clamp_for_action
+    from mal_core.config.experiment import KEY_ALIASES
     from mal_core.config.skill_info import load_skill_info
     from mal_core.skill.datasources import default_cache_dir, resolve_data_sources
     from mal_core.skill.jobs import check_job_id, default_jobs_root, new_job_id
     from mal_core.skill.mappings import apply_mappings, get_dotted, set_dotted
     from mal_core.skill.parents import parent_spec, resolve_parent
     from mal_core.skill.policy import decide_route, resolve_policy
+    from mal_core.skill.preflight import confine_outputs, confine_results_dirs
 
     info = load_skill_info(root / "references" / "skill_info.yaml")
     decision = resolve_policy(args.automl_policy, args.request)
@@ -288,11 +319,20 @@ def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, A
     res.update(route=route.route, route_reason=route.reason, message=route.message)
     if route.message:
         log.warning("%s", route.message)
-    tree, explicit = assemble_spec(action, args.spec, collect_overrides(args, info.spec_shorthand_keys), root)
+    overrides = collect_overrides(args, info.spec_shorthand_keys)
+    tree, explicit = assemble_spec(action, args.spec, overrides, root)
     jobs_root = default_jobs_root(args.jobs_root)
     job_id = check_job_id(args.job_id) if args.job_id else new_job_id(action)
     results_dir = jobs_root / job_id
     res.update(job_id=job_id, results_dir=str(results_dir), spec_path=str(results_dir / "spec.yaml"))
+    given = {KEY_ALIASES.get(k, k) for k, _ in overrides}
+    if "results_dir" in explicit and "results_dir" not in given:
+        # a spec file or recipe describes the experiment, not where this job lives: the job folder wins
+        log.warning("results_dir %r of the spec file is not used: job %s writes in its own folder %s",
+                    tree["results_dir"], job_id, results_dir)
+        explicit.discard("results_dir")
+        tree["results_dir"] = ""
+    confine_results_dirs(action, tree, given, results_dir)
     parent = None
     if args.parent_job_id:
         parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint)
@@ -308,8 +348,13 @@ def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, A
         set_dotted(tree, "train.pretrained_model_path", parent.path)  # fine-tune from the parent
     mappings = apply_mappings(info, action, tree, explicit, results_dir, parent)
     cfg, _ = parse_spec(tree)
+    res["warnings"] = clamp_for_action(cfg, action)  # the engine applies the same clamps (and logs them) when it runs
+    if args.dry_run or route.route == "automl":
+        for warning in res["warnings"]:
+            log.warning("%s", warning)
     check_for_action(cfg, action)
     validate_against_schema(tree, action, root)
+    confine_outputs(action, tree, results_dir)
     plan: dict[str, Any] = {"spec": tree, "explicit_keys": sorted(explicit), "mappings": mappings,
                             "data_sources": [s.to_dict() for s in sources],
                             "parent": parent.to_dict() if parent else None, "schema_valid": True}

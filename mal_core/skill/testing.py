@@ -33,6 +33,24 @@ def tiny_dataset(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
             "dataset.val_img_dir": str(ds.val_img_dir), "dataset.val_ann_path": str(ds.val_ann_path)}
 
 
+def minimal_coco(folder: str | Path, *, masks: bool = True, image_size: int = 96) -> dict[str, str]:
+    """A valid one-image COCO file (one 64x64 box, with a polygon mask when ``masks``) and its image folder, written
+    in milliseconds; returns ``{"ann": ..., "img": ...}``. For tests that stop before any model runs."""
+    from PIL import Image
+
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (image_size, image_size), (90, 120, 150)).save(root / "images" / "img0.png")
+    ann: dict[str, Any] = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [16, 16, 64, 64], "area": 4096.0,
+                           "iscrowd": 0}
+    if masks:
+        ann["segmentation"] = [[16, 16, 80, 16, 80, 80, 16, 80]]
+    coco = {"images": [{"id": 1, "file_name": "img0.png", "height": image_size, "width": image_size}],
+            "annotations": [ann], "categories": [{"id": 1, "name": "shape"}]}
+    (root / "ann.json").write_text(json.dumps(coco))
+    return {"ann": str(root / "ann.json"), "img": str(root / "images")}
+
+
 def last_json_line(stdout: str) -> dict[str, Any]:
     """The JSON object on the last non-empty stdout line."""
     lines = [ln for ln in stdout.splitlines() if ln.strip()]

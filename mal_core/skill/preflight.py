@@ -1,0 +1,160 @@
+"""Checks made once, before a job folder is touched and before any Ray trial or data-loader worker starts.
+
+* :func:`confine_outputs` (torch-free, also in dry runs): every place a job writes lies inside its own folder.
+  ``results_dir`` and ``<action>.results_dir`` are taken relative to the job folder when relative and must resolve
+  inside it; ``inference.label_dump_path`` must resolve inside the action's results folder and may neither be an
+  input nor replace one of the job's own files (``job.json``, ``spec.yaml``, ``logs/``, ...); an
+  evaluate/inference input may not lie inside the job folder (a re-run moves that folder's files aside).
+* :func:`preflight` (real runs): parse every annotation file the action reads, with the engine's own rules (missing
+  or malformed JSON, unknown categories, missing images, no box left, ...) and check the checkpoint paths exist.
+  Bad input fails here with exit 2 in seconds on every route, instead of inside each AutoML trial.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mal_core.config.loader import get_dotted, set_dotted
+from mal_core.errors import CheckpointError, DataError, SpecError
+from mal_core.skill.jobs import JOB_OWN_NAMES, LOG_DIR, SPEC_FILE
+
+#: The per-action results folder key (it wins over ``results_dir`` for what the action writes).
+ACTION_RESULTS_KEY = {"train": "train.results_dir", "evaluate": "evaluate.results_dir",
+                      "inference": "inference.results_dir"}
+#: Spec keys an action reads (files or folders); outputs may not overwrite or go inside them.
+INPUT_KEYS = {
+    "train": ("dataset.train_ann_path", "dataset.train_img_dir", "dataset.val_ann_path", "dataset.val_img_dir",
+              "train.pretrained_model_path", "train.resume_training_checkpoint_path"),
+    "evaluate": ("dataset.val_ann_path", "dataset.val_img_dir", "evaluate.checkpoint"),
+    "inference": ("inference.ann_path", "inference.img_dir", "inference.checkpoint"),
+}
+LABEL_KEY = "inference.label_dump_path"
+#: Names in the job folder that no output may replace.
+RESERVED_NAMES = (*JOB_OWN_NAMES, SPEC_FILE, LOG_DIR)
+
+
+def _real(path: str | Path) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, after resolving ``..`` and symbolic links."""
+    p, f = _real(path), _real(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _check_not_a_file(key: str, path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{key} {str(path)!r} is an existing file, expected a folder", field=key,
+                        hint="give a folder path (a job's outputs all go inside its job folder)")
+
+
+def confine_results_dirs(action: str, tree: dict[str, Any], given: set[str], job_dir: Path) -> None:
+    """Make ``results_dir`` (when ``given`` on the command line) and ``<action>.results_dir`` absolute folders
+    inside ``job_dir`` (relative values are relative to the job folder); :class:`SpecError` naming the key when one
+    resolves outside it or is an existing file. Call before the spec_params mappings."""
+    for key in ("results_dir", ACTION_RESULTS_KEY[action]):
+        value = get_dotted(tree, key)
+        if not value or (key == "results_dir" and key not in given):
+            continue
+        path = Path(os.path.normpath(Path(value) if Path(value).is_absolute() else job_dir / value))
+        _check_not_a_file(key, path)
+        if not is_inside(path, job_dir):
+            raise SpecError(f"{key} {value!r} resolves to {_real(path)}, outside the job folder {job_dir}: a job "
+                            "writes only inside its own folder", field=key,
+                            hint="leave it unset, give a folder relative to the job folder, or choose where the "
+                                 "job folder goes with --jobs-root / --job-id")
+        set_dotted(tree, key, str(path))
+
+
+def confine_outputs(action: str, tree: dict[str, Any], job_dir: Path) -> None:
+    """Checks once the spec is final (after the mappings): results folders are folders, the label file stays in its
+    results folder and away from inputs and job files, evaluate/inference inputs lie outside the job folder."""
+    results_dirs = [(k, get_dotted(tree, k)) for k in ("results_dir", ACTION_RESULTS_KEY[action])]
+    for key, value in results_dirs:
+        if value:
+            _check_not_a_file(key, Path(value))
+    inputs = [(k, v) for k in INPUT_KEYS[action] if (v := get_dotted(tree, k))]
+    if action != "train":
+        for key, value in inputs:
+            if is_inside(value, job_dir):
+                raise SpecError(f"{key} {value!r} lies inside this job's own folder {job_dir}; a re-run moves "
+                                "that folder's files aside, so it cannot read its input from there", field=key,
+                                hint="copy the file elsewhere, or use another --job-id for this run")
+    if action == "inference":
+        _check_label_dump(tree, job_dir, inputs)
+
+
+def _check_label_dump(tree: dict[str, Any], job_dir: Path, inputs: list[tuple[str, Any]]) -> None:
+    value = get_dotted(tree, LABEL_KEY)
+    if not value:
+        return  # check_for_action names the missing key
+    base = Path(get_dotted(tree, ACTION_RESULTS_KEY["inference"]) or tree.get("results_dir") or job_dir)
+    target = Path(os.path.normpath(base / value))
+    hint = "give a file name relative to the results folder, e.g. inference.json"
+    if not is_inside(target, base) or _real(target) == _real(base):
+        raise SpecError(f"{LABEL_KEY} {value!r} resolves to {_real(target)}, outside the results folder {base}: "
+                        "the labelled JSON is written inside the job's results folder only", field=LABEL_KEY,
+                        hint=hint)
+    if target.is_dir():
+        raise SpecError(f"{LABEL_KEY} {value!r} is an existing folder ({target}), expected a file name",
+                        field=LABEL_KEY, hint=hint)
+    for key, path in inputs:
+        if _real(target) == _real(path):
+            raise SpecError(f"{LABEL_KEY} {value!r} ({_real(target)}) is the input {key}; an input is never "
+                            "overwritten", field=LABEL_KEY, hint=hint)
+    if is_inside(target, job_dir):
+        first = Path(os.path.relpath(_real(target), _real(job_dir))).parts[0]
+        if first in RESERVED_NAMES:
+            raise SpecError(f"{LABEL_KEY} {value!r} would overwrite the job's own {first!r}", field=LABEL_KEY,
+                            hint=hint)
+    if is_inside(target, base / "overlays"):
+        raise SpecError(f"{LABEL_KEY} {value!r} lies in the overlays folder of the results", field=LABEL_KEY,
+                        hint=hint)
+
+
+def _need_path(value: str | None, key: str, *, folder_ok: bool) -> None:
+    if not value:
+        return
+    p = Path(value)
+    if not p.exists():
+        raise CheckpointError(f"{key} {value!r} does not exist", field=key)
+    if not folder_ok and not p.is_file():
+        raise CheckpointError(f"{key} {value!r} is a folder, expected a checkpoint file (.pth)", field=key)
+
+
+def preflight(action: str, tree: dict[str, Any]) -> dict[str, int]:
+    """Read every annotation file of ``action`` as the engine will, and check the checkpoint paths; raises a
+    :class:`~mal_core.errors.MalError` naming the file or key. Returns instance counts (for the job record)."""
+    from mal_core.config import parse_spec
+    from mal_core.data.loading import load_eval_coco, load_train_coco
+
+    cfg, _ = parse_spec(tree)
+    d = cfg.dataset
+    counts: dict[str, int] = {}
+    if action == "train":
+        coco = load_train_coco(cfg)
+        if not coco.instances:
+            raise DataError(f"no training box of {d.train_ann_path} is left after the filters "
+                            f"(dataset.min_obj_size={d.min_obj_size}, dataset.max_obj_size={d.max_obj_size}; crowd "
+                            "regions are not trained on)", field="dataset.min_obj_size")
+        counts["train_instances"] = len(coco.instances)
+        if d.val_ann_path:
+            counts["val_instances"] = len(load_eval_coco(d.val_ann_path, d.val_img_dir, d.load_mask).instances)
+        _need_path(cfg.train.pretrained_model_path, "train.pretrained_model_path", folder_ok=True)
+        _need_path(cfg.train.resume_training_checkpoint_path, "train.resume_training_checkpoint_path",
+                   folder_ok=False)
+    elif action == "evaluate":
+        if not d.load_mask:
+            raise DataError("evaluate needs ground-truth masks: set dataset.load_mask to true",
+                            field="dataset.load_mask")
+        counts["val_instances"] = len(load_eval_coco(d.val_ann_path, d.val_img_dir, load_mask=True).instances)
+        _need_path(cfg.evaluate.checkpoint, "evaluate.checkpoint", folder_ok=False)
+    else:
+        inf = cfg.inference
+        counts["instances"] = len(load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask).instances)
+        _need_path(inf.checkpoint, "inference.checkpoint", folder_ok=False)
+    return counts
+
