@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mal_core.config import check_for_action, leaf_fields, load_spec, parse_spec
+from mal_core.config.checks import clamp_for_action
 from mal_core.errors import SpecError
 
 
@@ -87,10 +88,11 @@ def test_action_checks():
         check_for_action(cfg, "train")
     assert err.value.field == "dataset.train_ann_path"
     cfg, _ = parse_spec({"results_dir": "/tmp/x", "dataset": {"train_ann_path": "a", "train_img_dir": "b"},
-                         "train": {"num_epochs": 1, "warmup_epochs": 1}})
-    with pytest.raises(SpecError) as err:
-        check_for_action(cfg, "train")
-    assert err.value.field == "train.warmup_epochs"
+                         "train": {"num_epochs": 1, "warmup_epochs": 1, "checkpoint_interval": 10}})
+    check_for_action(cfg, "train")  # TAO accepts both: the warmup is clamped, the last epoch always saves
+    assert clamp_for_action(cfg, "train") == ["train.warmup_epochs (1) is not below train.num_epochs (1); "
+                                              "clamped to 0"]
+    assert cfg.train.warmup_epochs == 0 and clamp_for_action(cfg, "train") == []
     cfg, _ = parse_spec({"results_dir": "/tmp/x"})
     with pytest.raises(SpecError) as err:
         check_for_action(cfg, "evaluate")

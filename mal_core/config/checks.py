@@ -41,16 +41,6 @@ def check_for_action(cfg: ExperimentConfig, action: str) -> None:
     if action == "train":
         _need(d.train_ann_path, "dataset.train_ann_path", "COCO JSON of the training boxes")
         _need(d.train_img_dir, "dataset.train_img_dir", "training image folder")
-        if t.warmup_epochs >= t.num_epochs and t.warmup_epochs > 0:
-            raise SpecError(
-                f"train.warmup_epochs ({t.warmup_epochs}) must be below train.num_epochs ({t.num_epochs})",
-                field="train.warmup_epochs",
-            )
-        if t.checkpoint_interval_unit == "epoch" and t.checkpoint_interval > t.num_epochs:
-            raise SpecError(
-                f"train.checkpoint_interval ({t.checkpoint_interval}) exceeds train.num_epochs ({t.num_epochs}): "
-                "no checkpoint would be saved", field="train.checkpoint_interval",
-            )
         if bool(d.val_ann_path) != bool(d.val_img_dir):
             raise SpecError("dataset.val_ann_path and dataset.val_img_dir must be given together",
                             field="dataset.val_ann_path" if not d.val_ann_path else "dataset.val_img_dir")
@@ -63,6 +53,23 @@ def check_for_action(cfg: ExperimentConfig, action: str) -> None:
         _need(cfg.inference.ann_path, "inference.ann_path", "COCO JSON of the boxes to label")
         _need(cfg.inference.img_dir, "inference.img_dir", "image folder")
         _need(cfg.inference.label_dump_path, "inference.label_dump_path", "output file name")
+
+
+def clamp_for_action(cfg: ExperimentConfig, action: str) -> list[str]:
+    """Adjust, in place, values TAO accepts but that cannot be honoured as given; one warning per change.
+
+    ``train.warmup_epochs`` at or above ``train.num_epochs`` (TAO's AutoML draws the warmup from its own range,
+    whatever the epochs) becomes ``num_epochs - 1``. (A ``checkpoint_interval`` longer than the run needs no change:
+    the final epoch always writes a checkpoint.)
+    """
+    warnings: list[str] = []
+    t = cfg.train
+    if action == "train" and t.warmup_epochs > 0 and t.warmup_epochs >= t.num_epochs:
+        clamped = max(0, t.num_epochs - 1)
+        warnings.append(f"train.warmup_epochs ({t.warmup_epochs}) is not below train.num_epochs ({t.num_epochs}); "
+                        f"clamped to {clamped}")
+        t.warmup_epochs = clamped
+    return warnings
 
 
 #: Spec keys a trained checkpoint fixes: the architecture (every ``model.*`` key but the EMA momentum, which only

@@ -153,13 +153,53 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _has_dotted(tree: Mapping[str, Any], key: str) -> bool:
+    *sections, name = key.split(".")
+    node: Any = tree
+    for part in sections:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return isinstance(node, Mapping) and name in node
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, also across spellings of one number (YAML 1.1 reads ``1e-6`` as a string, JSON as a float)."""
+    if a == b:
+        return True
+    try:
+        return not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _conflict(first: str, first_value: Any, second: str, second_value: Any, canonical: str) -> SpecError:
+    return SpecError(f"{first}={first_value!r} and {second}={second_value!r} conflict: both set {canonical}; give "
+                     "only one of them", field=canonical)
+
+
 def _apply_aliases(tree: dict[str, Any]) -> None:
     for alias, canonical in KEY_ALIASES.items():
         sec, name = alias.split(".")
         node = tree.get(sec)
         if isinstance(node, dict) and name in node:
             value = node.pop(name)
+            if _has_dotted(tree, canonical):
+                current = get_dotted(tree, canonical)
+                if not _same_value(value, current):
+                    raise _conflict(alias, value, canonical, current, canonical)
             set_dotted(tree, canonical, value)
+
+
+def check_alias_conflicts(items: Iterable[tuple[str, str, Any]]) -> None:
+    """Refuse one layer of overrides, ``(name as given, dotted key, value)``, that gives two names of the same key
+    different values: an alias of :data:`KEY_ALIASES` and its canonical key, or a shorthand (``--epochs``,
+    ``{"lr": ...}``) and its dotted key. The same name given twice is not a conflict (the later value wins)."""
+    seen: dict[str, tuple[str, Any]] = {}
+    for name, key, value in items:
+        canonical = KEY_ALIASES.get(key, key)
+        prev = seen.get(canonical)
+        if prev is not None and prev[0] != name and not _same_value(prev[1], value):
+            raise _conflict(prev[0], prev[1], name, value, canonical)
+        seen[canonical] = (name, value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -195,11 +235,13 @@ def parse_spec(
     """Build a validated config from a spec mapping and overrides; also return the explicitly set dotted keys.
 
     ``overrides`` is either a mapping of dotted keys to values or an iterable of ``key=value`` strings. Seed-document
-    aliases (``model.crop_size``, ``model.load_mask``) are accepted anywhere a key is.
+    aliases (``model.crop_size``, ``model.load_mask``) are accepted anywhere a key is; an alias and its canonical key
+    with different values in the spec (or among the overrides) are an error naming both.
     """
     tree: dict[str, Any] = _deep_copy(dict(data or {}))
     _apply_aliases(tree)
-    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    items = list(overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides))
+    check_alias_conflicts((k, k, v) for k, v in items)
     for key, value in items:
         set_dotted(tree, KEY_ALIASES.get(key, key), value)
     explicit: set[str] = set()

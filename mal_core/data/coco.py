@@ -2,7 +2,9 @@
 
 One sample is one box annotation. Boxes are clipped to their image; a box with zero or negative size, or one lying
 entirely outside its image, is an error naming the annotation. Category ids map to 1-based compact indices in the
-order of the ``categories`` list.
+order of the ``categories`` list. Crowd annotations (``iscrowd: 1``) are skipped, as COCO's evaluation does: never
+trained on, labelled or scored (inference copies them to its output unchanged). Image ``file_name`` values must stay
+inside the image folder, and ground-truth masks are checked when they are to be scored.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,7 @@ class CocoDataset:
     categories: list[dict[str, Any]]
     instances: list[Instance]
     num_filtered: int
+    num_crowd: int = 0
 
     @property
     def num_categories(self) -> int:
@@ -71,6 +74,12 @@ class CocoDataset:
 
     def __post_init__(self) -> None:
         self._ann_by_id = {a["id"]: a for a in self.raw["annotations"]}
+
+    def labelled_annotations(self, labels: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The file's annotations in file order with each labelled one replaced by ``labels[id]``; crowd
+        annotations are copied unchanged (never labelled), the others without a label are left out."""
+        return [labels[a["id"]] if a["id"] in labels else a for a in self.raw["annotations"]
+                if a["id"] in labels or is_crowd(a)]
 
 
 def read_json(path: str | Path, what: str) -> Any:
@@ -92,6 +101,98 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _integer(value: Any) -> bool:
+    return _number(value) and float(value).is_integer()
+
+
+def is_crowd(ann: dict[str, Any]) -> bool:
+    """Whether a COCO annotation is a crowd region (``iscrowd`` set), which COCO never scores."""
+    return bool(ann.get("iscrowd"))
+
+
+def _check_file_name(img: dict[str, Any], where: str) -> None:
+    name = img["file_name"]
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{where}: image id {img['id']!r} needs a non-empty file_name string, got {name!r}",
+                        field=f"{where}:file_name")
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
+        raise DataError(f"{where}: image id {img['id']!r} has file_name {name!r}, which points outside the image "
+                        "folder; file_name must be a path relative to the image folder, without '..'",
+                        field=f"{where}:file_name")
+
+
+def rle_string_counts(counts: str | bytes) -> list[int] | None:
+    """Run lengths of a compressed COCO RLE string, or None when the string is malformed.
+
+    The format: each run length (after the second, as the difference to the run two before) is written in 5-bit
+    groups, least significant first, one character per group (``chr(48 + group)``, 0x20 = another group follows,
+    0x10 in the last group = negative).
+    """
+    text = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
+    out: list[int] = []
+    value = shift = 0
+    for ch in text:
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift
+        if len(out) > 2:
+            value += out[-2]
+        out.append(value)
+        value = shift = 0
+    return out if shift == 0 else None
+
+
+def _rle_problem(rle: dict[str, Any], height: int, width: int) -> str | None:
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_integer(v) for v in size)):
+        return f"RLE size must be [height, width], got {size!r}"
+    if [int(size[0]), int(size[1])] != [height, width]:
+        return f"RLE size {size} differs from its image's [height, width] [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(_integer(v) and v >= 0 for v in counts):
+            return "RLE counts must be non-negative integers"
+        runs = [int(v) for v in counts]
+    elif isinstance(counts, (str, bytes)):
+        runs = rle_string_counts(counts)
+        if runs is None or any(v < 0 for v in runs):
+            return "RLE counts is not a valid compressed RLE string"
+    else:
+        return f"RLE counts must be a list of run lengths or a compressed string, got {type(counts).__name__}"
+    if sum(runs) != height * width:
+        return f"RLE counts cover {sum(runs)} pixels but the {width}x{height} image has {height * width}"
+    return None
+
+
+def segmentation_problem(segmentation: Any, height: int, width: int) -> str | None:
+    """Why ``segmentation`` is not a valid mask of a ``height`` x ``width`` image (polygons, RLE or uncompressed
+    RLE), or None when it is."""
+    if isinstance(segmentation, dict):
+        return _rle_problem(segmentation, height, width)
+    if not isinstance(segmentation, list) or not segmentation:
+        return f"must be a list of polygons or an RLE object, got {segmentation!r:.80}"
+    rle_parts = isinstance(segmentation[0], dict)
+    for k, part in enumerate(segmentation):
+        if rle_parts:
+            why = _rle_problem(part, height, width) if isinstance(part, dict) else "mixes RLE objects and polygons"
+        elif not isinstance(part, list) or not all(_number(v) for v in part):
+            why = f"polygon {k} must be a list of numbers [x1, y1, x2, y2, ...], got {part!r:.80}"
+        elif len(part) < 6 or len(part) % 2:
+            why = (f"polygon {k} has {len(part)} coordinates; a polygon needs an even number of coordinates and at "
+                   "least 3 points (6 numbers)")
+        else:
+            why = None
+        if why:
+            return why
+    return None
+
+
 def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.0, max_area: float = float("inf"),
               min_side: float = 0.0, require_masks: bool = False, check_images: bool = True) -> CocoDataset:
     """Parse and validate a COCO instances file and keep the boxes that pass the filters.
@@ -107,6 +208,9 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{where}: missing or non-list '{key}'", field=f"{where}:{key}")
+    if not data["annotations"]:
+        raise DataError(f"{where} has no annotations (its 'annotations' list is empty); give a COCO file with at "
+                        "least one box", field=f"{where}:annotations")
     if not img_dir.is_dir():
         raise DataError(f"image folder {str(img_dir)!r} does not exist", field=str(img_dir))
 
@@ -115,25 +219,41 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
         if not isinstance(img, dict) or not {"id", "file_name", "height", "width"} <= img.keys():
             raise DataError(f"{where}: every image needs id, file_name, height and width (got {img!r})",
                             field=f"{where}:images")
+        if not _integer(img["id"]):
+            raise DataError(f"{where}: image id must be an integer, got {img['id']!r}", field=f"{where}:images")
+        if img["id"] in images:
+            raise DataError(f"{where}: duplicate image id {img['id']} in {where}; image ids must be unique",
+                            field=f"{where}:images")
+        if not all(_integer(img[k]) and img[k] > 0 for k in ("height", "width")):
+            raise DataError(f"{where}: image id {img['id']}: height and width must be positive integers, got "
+                            f"{img['height']!r} x {img['width']!r}", field=f"{where}:images")
+        _check_file_name(img, where)
         images[img["id"]] = img
     categories = data["categories"]
     cat_index: dict[int, int] = {}
     for i, cat in enumerate(categories):
-        if not isinstance(cat, dict) or "id" not in cat:
-            raise DataError(f"{where}: every category needs an id (got {cat!r})", field=f"{where}:categories")
+        if not isinstance(cat, dict) or "id" not in cat or not _integer(cat["id"]):
+            raise DataError(f"{where}: every category needs an integer id (got {cat!r})", field=f"{where}:categories")
+        if cat["id"] in cat_index:
+            raise DataError(f"{where}: duplicate category id {cat['id']} in {where}; category ids must be unique",
+                            field=f"{where}:categories")
         cat_index[cat["id"]] = i + 1
 
     kept: list[Instance] = []
-    filtered = 0
+    filtered = crowd = 0
     seen_ids: set[Any] = set()
     for ann in data["annotations"]:
         ann_id = ann.get("id") if isinstance(ann, dict) else None
         label = f"{where}: annotation id {ann_id!r}"
-        if not isinstance(ann, dict) or ann_id is None:
-            raise DataError(f"{where}: every annotation needs an id (got {ann!r})", field=f"{where}:annotations")
+        if not isinstance(ann, dict) or not _integer(ann_id):
+            raise DataError(f"{where}: every annotation needs an integer id (got {ann!r:.200})",
+                            field=f"{where}:annotations")
         if ann_id in seen_ids:
             raise DataError(f"{label} appears twice; annotation ids must be unique", field=f"{where}:annotations")
         seen_ids.add(ann_id)
+        if is_crowd(ann):
+            crowd += 1
+            continue
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
             raise DataError(f"{label}: bbox must be [x, y, w, h] numbers, got {bbox!r}", field=f"{where}:bbox")
@@ -160,6 +280,10 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
             raise DataError(f"{label} has no segmentation but masks are required for scoring; set "
                             "dataset.load_mask (or inference.load_mask) to false for box-only files",
                             field=f"{where}:segmentation")
+        if require_masks:
+            why = segmentation_problem(ann["segmentation"], H, W)
+            if why:
+                raise DataError(f"{label}: segmentation {why}", field=f"{where}:segmentation")
         score = ann.get("score")
         kept.append(Instance(int(ann_id), int(img["id"]), str(img["file_name"]), H, W, (x0, y0, cw, ch),
                              int(ann["category_id"]), cat_index[ann["category_id"]], has_seg,
@@ -171,7 +295,9 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
                             f"{missing[:5]}", field=str(img_dir / missing[0]))
     if filtered:
         log.info("%s: %d of %d boxes filtered out (size limits)", where, filtered, len(data["annotations"]))
-    return CocoDataset(ann_path, img_dir, data, categories, kept, filtered)
+    if crowd:
+        log.info("%s: %d crowd annotation(s) (iscrowd) skipped: not trained on, labelled or scored", where, crowd)
+    return CocoDataset(ann_path, img_dir, data, categories, kept, filtered, crowd)
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:

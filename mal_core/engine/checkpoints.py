@@ -14,7 +14,11 @@ from mal_core.model.weights import torch_load
 
 
 class MALCheckpoint(ModelCheckpoint):
-    """Every-N-epochs (or steps) ``.pth`` checkpoints, all kept, with ``mal_model_latest.pth`` linking the newest."""
+    """Every-N-epochs (or steps) ``.pth`` checkpoints, all kept, with ``mal_model_latest.pth`` linking the newest.
+
+    The final epoch always writes one too, so a run shorter than the interval (TAO accepts ``num_epochs: 1`` with
+    ``checkpoint_interval: 10``) still ends with a checkpoint of its last weights.
+    """
 
     FILE_EXTENSION = ".pth"
     CHECKPOINT_NAME_LAST = LATEST_NAME
@@ -24,6 +28,15 @@ class MALCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=str(dirpath), filename="model_epoch_{epoch:03d}_step_{step:05d}",
                          auto_insert_metric_name=False, save_top_k=-1, save_last="link",
                          enable_version_counter=False, save_on_train_epoch_end=True, **every)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """The interval checkpoint, then the final epoch's one when the interval did not write it."""
+        super().on_train_epoch_end(trainer, pl_module)
+        final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if final and not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
 
 def find_resume_checkpoint(results_dir: str | Path) -> Path | None:

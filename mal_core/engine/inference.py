@@ -3,6 +3,7 @@
 Output: ``<results_dir>/<inference.label_dump_path>`` = the input JSON with each annotation's ``segmentation``
 replaced by a compressed RLE of the predicted mask, ``area`` = mask pixel count, ``score`` = mask confidence (mean
 foreground probability); ids, ``bbox`` and other keys are kept. An input detector ``score`` moves to ``box_score``.
+Crowd annotations (``iscrowd``) are copied unchanged; they are never labelled or scored.
 With several processes each writes a part file; the first merges them.
 """
 
@@ -83,7 +84,7 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) 
         return result
     ordered = [records[i.ann_id] for i in coco.instances if i.ann_id in records]
     labelled = dict(coco.raw)
-    labelled["annotations"] = ordered
+    labelled["annotations"] = coco.labelled_annotations(records)  # crowd regions pass through unchanged
     atomic_write_json(out_path, labelled, indent=None)
     result.update(num_labelled=len(ordered), num_input_annotations=len(coco.raw["annotations"]),
                   seconds=round(time.time() - t0, 2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from mal_core.config.checks import clamp_for_action
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import dump_spec
 from mal_core.data.datamodule import MALDataModule, load_eval_coco, load_train_coco
@@ -49,10 +51,21 @@ def _resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
 
 
 def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
-    """Train MAL per ``cfg``; returns results_dir, checkpoints, validation metrics and timing."""
+    """Train MAL per ``cfg``; returns results_dir, checkpoints, validation metrics, warnings and timing.
+
+    A warmup not below the epoch count is clamped (see :func:`clamp_for_action`); the final epoch always writes a
+    checkpoint, whatever ``train.checkpoint_interval``.
+    """
     t0 = time.time()
+    cfg = copy.deepcopy(cfg)
+    warnings = clamp_for_action(cfg, "train")
+    for warning in warnings:
+        log.warning("%s", warning)
     results_dir = train_results_dir(cfg)
     train_coco = load_train_coco(cfg)
+    if not train_coco.instances and train_coco.num_crowd and not train_coco.num_filtered:
+        raise DataError(f"every annotation of {cfg.dataset.train_ann_path} is a crowd region (iscrowd); crowd "
+                        "regions are not trained on", field="dataset.train_ann_path")
     if not train_coco.instances:
         raise DataError(f"no training box survives the size filters in {cfg.dataset.train_ann_path} "
                         f"(dataset.min_obj_size={cfg.dataset.min_obj_size})", field="dataset.min_obj_size")
@@ -93,6 +106,7 @@ def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None)
         "num_train_instances": len(train_coco.instances),
         "num_val_instances": len(val_coco.instances) if val_coco else 0,
         "resumed_from": str(resume) if resume else None,
+        "warnings": warnings,
         "pretrained": init_report.summary() if init_report else None,
         "seconds": round(time.time() - t0, 2),
     }

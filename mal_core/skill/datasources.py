@@ -5,25 +5,47 @@ Remote objects and archives are fetched once into a cache keyed by URI + ETag (l
 a digest of every key, size and ETag under the prefix), and archives are extracted safely: absolute names, ``..``,
 links and device files are rejected. An S3 value that is not an object but has objects under ``value/`` is read
 as a folder.
+
+An archive is extracted into a temporary folder that is renamed into the cache only after the whole stream read
+back without error (compression checksum included, and the tar end-of-archive marker where the headers stop); a
+corrupt or truncated archive leaves no cache entry. Archive bombs are refused while extracting, before a member
+is written, by limits overridable through the environment (see :data:`ARCHIVE_LIMIT_DEFAULTS`).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mal_core.config.skill_info import SkillInfo
 from mal_core.errors import DataError, MalError
+from mal_core.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+#: Archive-bomb guard: environment variable -> default. ``MAL_ARCHIVE_MAX_RATIO``: bytes extracted per archive byte
+#: (image archives are near 1:1; an archive may always expand to :data:`RATIO_ALLOWANCE_BYTES`);
+#: ``MAL_ARCHIVE_MAX_MEMBERS``: files and folders; ``MAL_ARCHIVE_MAX_BYTES``: total bytes extracted.
+ARCHIVE_LIMIT_DEFAULTS: dict[str, float] = {
+    "MAL_ARCHIVE_MAX_RATIO": 100.0,
+    "MAL_ARCHIVE_MAX_MEMBERS": 1_000_000,
+    "MAL_ARCHIVE_MAX_BYTES": float(1 << 40),
+}
+RATIO_ALLOWANCE_BYTES = 64 << 20
+#: Errors of the decompressors and tarfile when a stream is corrupt or cut short.
+_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
 class DataSourceError(MalError):
@@ -75,25 +97,100 @@ def _check_member(member: tarfile.TarInfo, archive: str) -> None:
         raise DataSourceError(f"archive {archive} holds a device/special file {name!r}", field="archive")
 
 
-def safe_extract(archive: Path, dest: Path, label: str | None = None) -> Path:
-    """Extract ``archive`` into ``dest`` after checking every member; returns the image root folder.
+def archive_limits() -> dict[str, float]:
+    """The archive-bomb limits: :data:`ARCHIVE_LIMIT_DEFAULTS` overridden by the environment."""
+    out = {}
+    for name, default in ARCHIVE_LIMIT_DEFAULTS.items():
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise DataSourceError(f"environment variable {name}={raw!r} must be a positive number", field=name)
+        out[name] = value
+    return out
 
-    The root is ``dest`` itself, or its only entry when the archive holds a single top-level folder.
+
+def _guarded_members(tar: tarfile.TarFile, label: str, archive_size: int,
+                     free_bytes: int) -> Iterator[tarfile.TarInfo]:
+    """The archive's members, read one header at a time, each checked (safety, limits) before it is extracted."""
+    limits = archive_limits()
+    max_ratio, max_members, max_bytes = (limits[k] for k in ARCHIVE_LIMIT_DEFAULTS)
+    budget = max(max_ratio * archive_size, RATIO_ALLOWANCE_BYTES)
+    count = total = 0
+    for member in tar:
+        _check_member(member, label)
+        count += 1
+        total += max(member.size, 0)
+        if count > max_members:
+            raise DataSourceError(f"archive {label} holds more than {int(max_members)} members "
+                                  "(MAL_ARCHIVE_MAX_MEMBERS); refused", field="archive",
+                                  hint="raise MAL_ARCHIVE_MAX_MEMBERS if the archive is trusted")
+        if total > max_bytes:
+            raise DataSourceError(f"archive {label} expands to more than {int(max_bytes)} bytes "
+                                  "(MAL_ARCHIVE_MAX_BYTES); refused", field="archive",
+                                  hint="raise MAL_ARCHIVE_MAX_BYTES if the archive is trusted")
+        if total > budget:
+            raise DataSourceError(f"archive {label} expands to more than {total} bytes from {archive_size} "
+                                  f"compressed bytes (over {max_ratio:g}:1, MAL_ARCHIVE_MAX_RATIO); refused as a "
+                                  "possible archive bomb", field="archive",
+                                  hint="raise MAL_ARCHIVE_MAX_RATIO if the archive is trusted")
+        if total > free_bytes:
+            raise DataSourceError(f"archive {label} needs more than {total} bytes but the data cache has "
+                                  f"{free_bytes} free", field="archive",
+                                  hint="free disk space or point MAL_CACHE_DIR at a larger disk")
+        yield member
+
+
+def _read_to_end(tar: tarfile.TarFile, label: str) -> None:
+    """Where the headers stopped there must be an end-of-archive block (a header that failed its checksum
+    also stops tarfile); then the rest of the stream is read so the compression checksum is verified."""
+    fileobj = tar.fileobj
+    fileobj.seek(tar.offset)
+    block = fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+        what = "ends without an end-of-archive marker" if not block else "has an unreadable header"
+        raise tarfile.ReadError(f"the archive {what} at byte {tar.offset} of its tar stream")
+    while fileobj.read(1 << 20):
+        pass
+
+
+def _stream_error(exc: BaseException) -> bool:
+    return isinstance(exc, _STREAM_ERRORS) or (isinstance(exc, OSError) and exc.errno is None)
+
+
+def safe_extract(archive: Path, dest: Path, label: str | None = None) -> Path:
+    """Extract ``archive`` into ``dest``, checking every member as it is read; returns the image root folder.
+
+    Members go to a temporary folder beside ``dest``, renamed to ``dest`` only when the whole archive read back
+    without error; on any error the temporary folder is removed and ``dest`` is left as it was. The root is
+    ``dest`` itself, or its only entry when the archive holds a single top-level folder.
     """
     label = label or str(archive)
+    archive_size = max(archive.stat().st_size, 1)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, label)
-            tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+        try:
+            tar = tarfile.open(archive, "r:*")
+        except (*_STREAM_ERRORS, OSError) as exc:
+            raise DataSourceError(f"{label} is not a readable tar archive: {exc}", field="archive") from exc
+        with tar:
+            tar.errorlevel = 2
+            free = shutil.disk_usage(dest.parent).free
             try:
-                tar.extractall(tmp, members=members, filter="data")
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-    except tarfile.TarError as exc:
-        raise DataSourceError(f"{label} is not a readable tar archive: {exc}", field="archive") from exc
+                tar.extractall(tmp, members=_guarded_members(tar, label, archive_size, free), filter="data")
+                _read_to_end(tar, label)
+            except Exception as exc:
+                if not _stream_error(exc):
+                    raise
+                raise DataSourceError(f"{label} is corrupt or truncated ({type(exc).__name__}: {exc}); nothing "
+                                      "was extracted", field="archive",
+                                      hint="re-create or re-upload the archive") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
@@ -259,8 +356,9 @@ def _extract_cached(archive: Path, uri: str, version: str, cache: Path, key: str
     try:
         root = safe_extract(archive, dest, label=uri)
     except DataSourceError as exc:
+        shutil.rmtree(dest.parent, ignore_errors=True)  # no cache entry (nor a bad download) is left behind
         raise DataSourceError(f"{key}: {exc.message}", field=key, hint=exc.hint) from exc
-    marker.write_text(str(root))
+    atomic_write_text(marker, str(root))
     return root, False
 
 
