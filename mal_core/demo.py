@@ -30,6 +30,9 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
 
     os.environ.setdefault("MAL_PROGRESS_BAR", "1")
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {str(out)!r} is an existing file, expected a folder (the demo writes its data, "
+                        "checkpoints and labels there)", field="out", hint="pick another --out")
     recipe = Path(spec_path) if spec_path else DEFAULT_RECIPE
     if not recipe.is_file():
         raise SpecError(f"recipe {recipe} not found", field="spec")

@@ -229,6 +229,17 @@ def test_results_dir_given_on_the_command_line_goes_inside_the_job(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "jobs"]  # nothing in the cwd-like tmp root
 
 
+def test_demo_out_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mal_core.cli import main as cli_main
+
+    target = tmp_path / "demo_output"
+    target.write_text("not a folder\n")
+    assert cli_main(["demo", "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "existing file" in err and str(target) in err and "Traceback" not in err
+    assert target.read_text() == "not a folder\n" and sorted(p.name for p in tmp_path.iterdir()) == ["demo_output"]
+
+
 def test_example_recipes_carry_no_shared_results_dir() -> None:
     for recipe in sorted((ROOT / "examples").glob("*.yaml")):
         spec = yaml.safe_load(recipe.read_text())
