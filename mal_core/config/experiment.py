@@ -240,9 +240,11 @@ class TrainConfig:
     )
     warmup_epochs: int = param(
         1, title="Warmup epochs", minimum=0, maximum=50, automl_enabled=True, math_cond="< depends_on",
-        depends_on="train.num_epochs",
-        automl_reason="too short a warmup makes ViT training explode; must stay below num_epochs",
-        description="Epochs of linear learning-rate warmup before the cosine decay; must be below num_epochs.",
+        depends_on="train.num_epochs", automl_range=(0, 9),
+        automl_reason="too short a warmup makes ViT training explode; searched below the default num_epochs (10) "
+        "and always below the run's num_epochs",
+        description="Epochs of linear learning-rate warmup before the cosine decay. A warmup not below num_epochs "
+        "(as TAO's AutoML may propose) is clamped to num_epochs - 1, with a warning.",
     )
     margin_rate: list[float] = param(
         [0.0, 1.2], title="Train margin range", automl_enabled=False, automl_reason="a list",
