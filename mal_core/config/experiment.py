@@ -120,6 +120,12 @@ class ModelConfig:
         0.0, title="Drop-path rate", minimum=0.0, maximum=0.5, automl_enabled=None,
         description="Stochastic-depth rate of the last ViT block (linearly increasing from 0 over the blocks).",
     )
+    image_stem_channels: int = param(
+        0, title="Image stem channels", minimum=0, maximum=256, automl_enabled=False,
+        automl_reason="an architecture choice made with the recipe",
+        description="Width of a shallow conv stem on the crop at mask resolution whose features are fused into the "
+        "pixel head: colour and edge evidence finer than the ViT token grid. 0 = off (the MAL paper head).",
+    )
 
 
 @dataclass
@@ -273,6 +279,24 @@ class TrainConfig:
         automl_reason="sets which colour differences count as edges; data dependent",
         description="zeta in exp(-|I_p - I_q|^2 / (2 zeta^2)) on normalised colours.",
     )
+    loss_pairwise_weight: float = param(
+        0.0, title="Pairwise loss weight", minimum=0.0, maximum=10.0, automl_enabled=False,
+        automl_reason="a recipe choice; 0 keeps the MAL objective",
+        description="Weight of the pairwise colour-affinity loss at mask resolution: neighbouring pixels of similar "
+        "Lab colour inside the box are pushed to the same label. 0 = off (the MAL paper objective).",
+    )
+    pairwise_color_thresh: float = param(
+        0.3, title="Pairwise colour threshold", minimum=0.0, maximum=1.0, automl_enabled=None,
+        description="Neighbour pairs with colour similarity exp(-|Lab_i - Lab_j| / 2) at or above this are edges.",
+    )
+    pairwise_dilation: int = param(
+        2, title="Pairwise dilation", minimum=1, maximum=8, automl_enabled=None,
+        description="Distance (mask pixels) between a pixel and its 8 neighbours in the pairwise loss.",
+    )
+    loss_pairwise_step: int = param(
+        0, title="Pairwise warm-up steps", minimum=0, automl_enabled=False, automl_reason="schedule detail",
+        description="Steps of epoch 0 over which the pairwise loss weight ramps up linearly.",
+    )
     crf_kernel_size: int = param(
         3, title="CRF window", minimum=3, maximum=9, options=[3, 5, 7, 9], automl_enabled=False,
         automl_reason="3 matches the paper's 8-neighbourhood", description="Odd side of the CRF affinity window.",
@@ -372,6 +396,15 @@ class InferenceConfig:
     )
     max_overlays: int = param(
         100, title="Overlay limit", minimum=0, description="Write overlays for at most this many images."
+    )
+    review_page: bool = param(
+        True, title="Write review page",
+        description="Write review/index.html: one thumbnail per label (image crop, box, mask, score), worst score "
+        "first, so a person can fix the least reliable masks first.",
+    )
+    max_review_items: int = param(
+        300, title="Review page size", minimum=1, maximum=100000,
+        description="The review page shows at most this many labels (the lowest scores).",
     )
 
 

@@ -1,8 +1,10 @@
 """The inference action: label every box of a COCO file with a mask and write the labelled JSON atomically.
 
 Output: ``<results_dir>/<inference.label_dump_path>`` = the input JSON with each annotation's ``segmentation``
-replaced by a compressed RLE of the predicted mask, ``area`` = mask pixel count, ``score`` = mask confidence (mean
-foreground probability); ids, ``bbox`` and other keys are kept. An input detector ``score`` moves to ``box_score``.
+replaced by a compressed RLE of the predicted mask, ``area`` = mask pixel count, ``score`` = estimated mask quality
+in [0, 1] (agreement under a mirrored crop and with the EMA teacher times the probability margin, see
+:mod:`mal_core.engine.quality`; its terms are in ``quality``); ids, ``bbox`` and other keys are kept. An input
+detector ``score`` moves to ``box_score``.
 Crowd annotations (``iscrowd``) are copied unchanged; they are never labelled or scored.
 With several processes each writes a part file; the first merges them.
 """
@@ -41,6 +43,8 @@ def _records(coco: CocoDataset, predictions: list[dict[str, Any]]) -> dict[int, 
             ann["box_score"] = inst.score
         ann.update(segmentation=encode_rle(mask), area=int(mask.sum()), score=round(float(pred["score"]), 6),
                    iscrowd=0)
+        if "quality" in pred:
+            ann["quality"] = pred["quality"]
         if "iou" in pred:
             ann["iou"] = round(float(pred["iou"]), 6)
         out[inst.ann_id] = ann
@@ -99,5 +103,10 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) 
         from mal_core.engine.overlays import write_overlays
 
         result["overlay_dir"] = str(write_overlays(coco, ordered, results_dir / "overlays", inf.max_overlays))
+    if inf.review_page and ordered:
+        from mal_core.engine.review import REVIEW_DIR, write_review_page
+
+        result["review_page"] = str(write_review_page(coco, ordered, results_dir / REVIEW_DIR, inf.max_review_items,
+                                                      title=f"Mask review: {Path(inf.ann_path).name}"))
     log.info("wrote %d labelled annotations to %s", len(ordered), out_path)
     return result

@@ -56,7 +56,8 @@ class MaskMIoU(Metric):
         self.count.view(-1).index_add_(0, flat, ones)
 
     def compute(self) -> dict[str, float]:
-        """``mIoU``, ``mIoU_small``, ``mIoU_medium``, ``mIoU_large`` (NaN where no instance), ``num_instances``."""
+        """``mIoU``, ``mIoU_small``, ``mIoU_medium``, ``mIoU_large`` (NaN where no instance), ``mIoU_instance`` (plain
+        mean over instances, not class-averaged) and ``num_instances``."""
         out: dict[str, float] = {}
         names = ("mIoU",) + tuple(f"mIoU_{b}" for b in BUCKETS)
         for row, name in enumerate(names):
@@ -67,5 +68,7 @@ class MaskMIoU(Metric):
                 out[name] = float(per_cat.mean())
             else:
                 out[name] = float("nan")
-        out["num_instances"] = float(self.count[0].sum())
+        total = float(self.count[0].sum())
+        out["mIoU_instance"] = float(self.iou_sum[0].sum()) / total if total else float("nan")
+        out["num_instances"] = total
         return out

@@ -11,14 +11,17 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torchmetrics import MeanMetric
 
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
+from mal_core.engine.diagnostics import collapse_warnings
 from mal_core.engine.metrics import MaskMIoU
-from mal_core.engine.postprocess import paste_masks, region_iou
-from mal_core.engine.schedule import lr_at, scaled_lr, warmup_weight
+from mal_core.engine.postprocess import box_fill, paste_masks, region_iou
+from mal_core.engine.quality import confidence_margin, mask_agreement, quality_score
+from mal_core.engine.schedule import lr_at, scaled_lr
 from mal_core.engine.seeding import seed_rank_streams
-from mal_core.losses import crf_loss, mil_loss
+from mal_core.losses.objective import mal_objective
 from mal_core.model.network import StudentTeacher
 from mal_core.utils.io import json_safe
 
@@ -42,9 +45,12 @@ class MALModule(pl.LightningModule):
         self.model = StudentTeacher(cfg.model, cfg.dataset.crop_size)
         self.automatic_optimization = False
         self.val_metric = MaskMIoU(len(self.categories))
+        self.val_box_metric = MaskMIoU(len(self.categories))  # box fill on the same instances (collapse check)
+        self.val_fill = MeanMetric()  # fraction of its box each predicted mask covers
         self.test_mode = dict(test_mode or {})
         self.history_path = Path(history_path) if history_path else None
         self.last_metrics: dict[str, float] = {}
+        self.warnings: list[str] = []
         self.peak_lr = cfg.train.lr
         self.min_lr = 0.0
         self._skipped_batches = 0
@@ -84,16 +90,11 @@ class MALModule(pl.LightningModule):
         opt = self.optimizers()
         areas = batch["box_area"]
         logits = self.model.student(batch["image"], areas)
-        probs = torch.sigmoid(logits.float())
         with torch.no_grad():
-            t_probs = torch.sigmoid(self.model.teacher(batch["timage"], areas).float())
-        l_mil = mil_loss(probs, batch["box_mask"]).mean()
-        l_crf = crf_loss(batch["image"], probs, t_probs, batch["box_mask"], size_ratio=t.crf_size_ratio,
-                         kernel_size=t.crf_kernel_size, zeta=t.crf_zeta, num_iter=t.crf_num_iter,
-                         low=t.crf_value_low_thres, high=t.crf_value_high_thres).mean()
-        w_mil = warmup_weight(self.current_epoch, batch_idx, t.loss_mil_step)
-        w_crf = warmup_weight(self.current_epoch, batch_idx, t.loss_crf_step)
-        loss = t.loss_mil_weight * w_mil * l_mil + t.loss_crf_weight * w_crf * l_crf
+            t_logits = self.model.teacher(batch["timage"], areas)
+        out = mal_objective(t, logits, t_logits, batch["image"], batch["timage"], batch["box_mask"],
+                            self.current_epoch, batch_idx)
+        loss = out.loss
         if not torch.isfinite(loss):
             self._skipped_batches += 1
             log.warning("non-finite loss at epoch %d step %d; batch skipped", self.current_epoch, batch_idx)
@@ -106,9 +107,9 @@ class MALModule(pl.LightningModule):
         opt.step()
         lr = self._set_lr(self.current_epoch + (batch_idx + 1) / self._iters_per_epoch())
         self.model.ema_update()
-        bs = probs.shape[0]
-        self.log("train/loss_mil", l_mil.detach(), batch_size=bs)
-        self.log("train/loss_crf", l_crf.detach(), batch_size=bs)
+        bs = logits.shape[0]
+        for name, value in out.terms.items():
+            self.log(f"train/loss_{name}", value.detach(), batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
                  batch_size=bs)
         self.log("lr", lr, prog_bar=False, batch_size=bs)
@@ -120,25 +121,51 @@ class MALModule(pl.LightningModule):
         return self.model.predict_logits(batch["image"], batch["box_area"], use_teacher=m.get("use_teacher", False),
                                          use_mixed=m.get("use_mixed", False), use_flip=m.get("use_flip", False))
 
-    def _pasted(self, batch: dict[str, Any]):
-        logits = self._logits(batch)
+    def _pasted(self, batch: dict[str, Any], logits: torch.Tensor | None = None):
+        logits = self._logits(batch) if logits is None else logits
         return paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"], batch["box_area"],
                            self.cfg.train.mask_thres, batch["box"])
 
+    def _quality_terms(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Ground-truth-free quality terms (see :mod:`mal_core.engine.quality`) of the predicted logits."""
+        m, images, areas = self.test_mode, batch["image"], batch["box_area"]
+        flipped = self.model.predict_logits(images.flip(-1), areas, use_teacher=m.get("use_teacher", False),
+                                            use_mixed=m.get("use_mixed", False)).flip(-1)
+        plain = m.get("use_teacher") or m.get("use_mixed") or m.get("use_flip")
+        student = self.model.student(images, areas) if plain else logits
+        thr = float(self.cfg.train.mask_thres[0])
+        return {"flip": mask_agreement(logits, flipped, batch["box_mask"], thr),
+                "teacher": mask_agreement(student, self.model.teacher(images, areas), batch["box_mask"], thr),
+                "margin": confidence_margin(logits, batch["box_mask"])}
+
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()
+        self.val_box_metric.reset()
+        self.val_fill.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "gt_region" not in batch:
             return
         pasted = self._pasted(batch)
-        ious = [region_iou(p, batch["gt_region"][i], int(batch["gt_area"][i])) for i, p in enumerate(pasted)]
+        gts = [(batch["gt_region"][i], int(batch["gt_area"][i])) for i in range(len(pasted))]
+        ious = [region_iou(p, *gt) for p, gt in zip(pasted, gts, strict=True)]
+        boxes = [box_fill(p, batch["box"][i]) for i, p in enumerate(pasted)]
+        box_ious = [region_iou(b, *gt) for b, gt in zip(boxes, gts, strict=True)]
         self.val_metric.update(torch.tensor(ious), batch["category_index"], batch["box_area"])
+        self.val_box_metric.update(torch.tensor(box_ious), batch["category_index"], batch["box_area"])
+        self.val_fill.update(torch.tensor([float(p.mask.sum()) / max(float(b.mask.sum()), 1.0)
+                                           for p, b in zip(pasted, boxes, strict=True)]))
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metric.compute()
         self.val_metric.reset()
+        if self.val_box_metric.update_count:
+            metrics["mIoU_box_fill"] = self.val_box_metric.compute()["mIoU"]
+            metrics["mask_box_fill"] = float(self.val_fill.compute())
         self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        self.warnings = collapse_warnings(self.last_metrics) if not self.trainer.sanity_checking else []
+        for warning in self.warnings:
+            log.warning("epoch %d: %s", self.current_epoch, warning)
         for key, value in metrics.items():
             if key != "num_instances":
                 self.log(f"val/{key}", value, prog_bar=key == "mIoU", sync_dist=False)  # already reduced
@@ -150,10 +177,16 @@ class MALModule(pl.LightningModule):
 
     # ----- prediction ---------------------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        pasted = self._pasted(batch)
+        logits = self._logits(batch)
+        pasted = self._pasted(batch, logits)
+        terms = self._quality_terms(batch, logits)
+        scores = quality_score(terms)
         out = []
         for i, p in enumerate(pasted):
-            rec = {"index": int(batch["index"][i]), "region": p.region, "mask": p.mask.cpu(), "score": p.score}
+            rec = {"index": int(batch["index"][i]), "region": p.region, "mask": p.mask.cpu(),
+                   "score": float(scores[i]) if bool(p.mask.any()) else 0.0,
+                   "quality": {k: round(float(v[i]), 4) for k, v in terms.items()} | {
+                       "mean_probability": round(p.score, 4)}}
             if "gt_region" in batch:
                 rec["iou"] = region_iou(p, batch["gt_region"][i], int(batch["gt_area"][i]))
             out.append(rec)

@@ -28,6 +28,21 @@ class PastedMask:
         return canvas
 
 
+def box_in_region(region: tuple[int, int, int, int], box: torch.Tensor) -> torch.Tensor:
+    """Bool (y1-y0, x1-x0) map of the pixels of ``box`` (x0/y0/x1/y1 image pixels) inside ``region``."""
+    cx0, cy0, cx1, cy1 = region
+    bx0, bx1 = box_pixel_span(float(box[0]), float(box[2]))
+    by0, by1 = box_pixel_span(float(box[1]), float(box[3]))
+    inside = torch.zeros((cy1 - cy0, cx1 - cx0), dtype=torch.bool)
+    inside[max(by0 - cy0, 0):max(by1 - cy0, 0), max(bx0 - cx0, 0):max(bx1 - cx0, 0)] = True
+    return inside
+
+
+def box_fill(pred: PastedMask, box: torch.Tensor) -> PastedMask:
+    """The box itself as a mask on ``pred``'s region (the box-fill baseline, for collapse checks)."""
+    return PastedMask(pred.region, box_in_region(pred.region, box).to(pred.mask.device), 1.0)
+
+
 def thresholds_for(mask_thres: list[float]) -> list[float]:
     """One threshold per size bucket (a single value is broadcast)."""
     return list(mask_thres) * 3 if len(mask_thres) == 1 else list(mask_thres)
@@ -55,11 +70,7 @@ def paste_masks(logits: torch.Tensor, box_mask: torch.Tensor, ext_box: torch.Ten
         p = p[cy0 - ey0 : cy1 - ey0, cx0 - ex0 : cx1 - ex0]
         fg = p > thres[size_bucket(float(box_area[i]))]
         if boxes is not None:
-            bx0, bx1 = box_pixel_span(float(boxes[i][0]), float(boxes[i][2]))
-            by0, by1 = box_pixel_span(float(boxes[i][1]), float(boxes[i][3]))
-            inside = torch.zeros_like(fg)
-            inside[max(by0 - cy0, 0):max(by1 - cy0, 0), max(bx0 - cx0, 0):max(bx1 - cx0, 0)] = True
-            fg &= inside
+            fg &= box_in_region((cx0, cy0, cx1, cy1), boxes[i]).to(fg.device)
         score = float(p[fg].mean()) if bool(fg.any()) else 0.0
         out.append(PastedMask((cx0, cy0, cx1, cy1), fg, score))
     return out

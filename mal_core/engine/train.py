@@ -106,7 +106,7 @@ def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None)
         "num_train_instances": len(train_coco.instances),
         "num_val_instances": len(val_coco.instances) if val_coco else 0,
         "resumed_from": str(resume) if resume else None,
-        "warnings": warnings,
+        "warnings": warnings + module.warnings,  # spec clamps, then collapse checks of the last validation
         "pretrained": init_report.summary() if init_report else None,
         "seconds": round(time.time() - t0, 2),
     }

@@ -46,6 +46,42 @@ class PixelHead(nn.Module):
         return x
 
 
+class ImageStem(nn.Module):
+    """Shallow conv stem on the crop itself: log2(stride) stride-2 3x3 convs + one 3x3 conv, each with ReLU.
+
+    Gives the decoder colour and edge evidence at mask resolution (crop / stride), finer than the ViT token grid.
+    """
+
+    def __init__(self, channels: int, stride: int) -> None:
+        super().__init__()
+        if stride < 1 or stride & (stride - 1):
+            raise ValueError(f"stem stride must be a power of two, got {stride}")
+        layers: list[nn.Module] = []
+        cin = 3
+        for _ in range(stride.bit_length() - 1):
+            layers += [nn.Conv2d(cin, channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            cin = channels
+        layers += [nn.Conv2d(cin, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) -> (B,channels,S/stride,S/stride)."""
+        return self.body(images)
+
+
+class StemFusion(nn.Module):
+    """Pixel embeddings V (n,D,M,M) fused with stem features (n,C,M,M): 3x3 conv + ReLU, 3x3 conv -> (n,D,M,M)."""
+
+    def __init__(self, embed: int, stem_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(embed + stem_channels, embed, 3, padding=1)
+        self.conv2 = nn.Conv2d(embed, embed, 3, padding=1)
+
+    def forward(self, v: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
+        """Concatenate along channels and mix."""
+        return self.conv2(F.relu(self.conv1(torch.cat([v, stem.to(v.dtype)], dim=1))))
+
+
 def box_size_bucket(box_areas: torch.Tensor) -> torch.Tensor:
     """0/1/2 = small/medium/large by original box area (same edges as the metric: <= 32^2, <= 96^2)."""
     return torch.where(box_areas <= SMALL_AREA, 0, torch.where(box_areas <= MEDIUM_AREA, 1, 2))
@@ -61,10 +97,11 @@ class MaskDecoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int, num_convs: int, scale: float,
-                 scale_pre: int, adjust_scale: bool, mask_size: int) -> None:
+                 scale_pre: int, adjust_scale: bool, mask_size: int, stem_channels: int = 0) -> None:
         super().__init__()
         self.instance_head = InstanceHead(in_channels, out_channels)
         self.pixel_head = PixelHead(in_channels, hidden, out_channels, num_convs, scale)
+        self.fusion = StemFusion(out_channels, stem_channels) if stem_channels > 0 else None
         self.adjust_scale = adjust_scale
         self.scale_pre = int(scale_pre)
         self.mask_size = int(mask_size)
@@ -73,16 +110,29 @@ class MaskDecoder(nn.Module):
     def _dot(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return torch.einsum("nd,ndhw->nhw", k, v).unsqueeze(1)
 
-    def forward(self, features: torch.Tensor, box_areas: torch.Tensor) -> torch.Tensor:
-        """features (B,C,h,w), original box areas (B,) -> logits (B,1,mask_size,mask_size)."""
+    def _logits(self, k: torch.Tensor, v: torch.Tensor, stem: torch.Tensor | None) -> torch.Tensor:
+        """K . V, with V first resized to the mask side and fused with the stem features when there is a stem."""
+        if self.fusion is None or stem is None:
+            return self._dot(k, v)
+        size = tuple(stem.shape[-2:])
+        if tuple(v.shape[-2:]) != size:
+            v = F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+        return self._dot(k, self.fusion(v, stem))
+
+    def forward(self, features: torch.Tensor, box_areas: torch.Tensor,
+                stem: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B,C,h,w), original box areas (B,), optional stem features (B,C',M,M) -> logits (B,1,M,M)
+        with M = mask_size."""
         k = self.instance_head(features)
         size = (self.mask_size, self.mask_size)
         if not self.adjust_scale:
             x = features
             if self.scale_pre != 1:
                 x = F.interpolate(x, scale_factor=self.scale_pre, mode="bilinear", align_corners=False)
-            logits = self._dot(k, self.pixel_head(x))
-            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = self._logits(k, self.pixel_head(x), stem)
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            return logits
         buckets = box_size_bucket(box_areas.to(features.device))
         out = features.new_zeros((features.shape[0], 1) + size)
         h, w = features.shape[-2:]
@@ -95,7 +145,7 @@ class MaskDecoder(nn.Module):
             x = features[idx]
             if fsize != (h, w):
                 x = F.interpolate(x, size=fsize, mode="bilinear", align_corners=False)
-            logits = self._dot(k[idx], self.pixel_head(x))
+            logits = self._logits(k[idx], self.pixel_head(x), None if stem is None else stem[idx])
             if logits.shape[-2:] != size:
                 logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
             out[idx] = logits.to(out.dtype)

@@ -9,7 +9,7 @@ from torch import nn
 
 from mal_core.config.experiment import ModelConfig
 from mal_core.model.backbone import ViTBackbone
-from mal_core.model.heads import MaskDecoder
+from mal_core.model.heads import ImageStem, MaskDecoder
 
 
 class MALNetwork(nn.Module):
@@ -27,11 +27,14 @@ class MALNetwork(nn.Module):
             scale_pre=cfg.mask_scale_ratio_pre,
             adjust_scale=not cfg.not_adjust_scale,
             mask_size=crop_size // cfg.mask_stride,
+            stem_channels=cfg.image_stem_channels,
         )
+        self.stem = ImageStem(cfg.image_stem_channels, cfg.mask_stride) if cfg.image_stem_channels > 0 else None
 
     def forward(self, images: torch.Tensor, box_areas: torch.Tensor) -> torch.Tensor:
         """images (B,3,S,S), original box areas (B,) -> logits (B,1,S/stride,S/stride)."""
-        return self.decoder(self.backbone(images), box_areas)
+        stem = self.stem(images) if self.stem is not None else None
+        return self.decoder(self.backbone(images), box_areas, stem)
 
 
 class StudentTeacher(nn.Module):

@@ -1,0 +1,57 @@
+"""Quality score terms and the review page that orders labels worst first."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mal_core.data.coco import encode_rle, load_coco
+from mal_core.engine.quality import confidence_margin, mask_agreement, quality_score
+from mal_core.engine.review import write_review_page
+
+
+def test_agreement_and_margin_terms():
+    box = torch.zeros(3, 1, 8, 8)
+    box[..., 2:6, 2:6] = 1
+    a = torch.full((3, 1, 8, 8), -9.0)
+    a[0, :, 2:6, 2:4] = 9.0  # left half of the box
+    a[1, :, 2:6, 2:6] = 9.0
+    b = a.clone()
+    b[0] = -9.0
+    b[0, :, 2:6, 4:6] = 9.0  # right half: disjoint from a[0]
+    agree = mask_agreement(a, b, box)
+    assert agree.tolist() == [0.0, 1.0, 1.0]  # disjoint, identical, both empty
+    margin = confidence_margin(torch.stack([a[1], torch.zeros(1, 8, 8), a[1]]), box)
+    assert margin[0] > 0.99 and margin[1] == 0.0
+    terms = {"flip": agree, "teacher": torch.tensor([1.0, 0.5, 1.0]), "margin": torch.tensor([1.0, 1.0, 0.5])}
+    assert quality_score(terms).tolist() == [0.0, 0.5, 0.5]
+
+
+def test_review_page_lists_the_lowest_scores_first(tmp_path):
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(img_dir / "a.png")
+    mask = np.zeros((48, 64), bool)
+    mask[10:20, 10:30] = True
+    anns = [{"id": i, "image_id": 1, "category_id": 3, "bbox": [8.0, 8.0, 24.0, 14.0], "iscrowd": 0,
+             "segmentation": encode_rle(mask), "area": int(mask.sum()), "score": s,
+             "quality": {"flip": s, "teacher": 1.0, "margin": 1.0}}
+            for i, s in ((11, 0.9), (12, 0.1), (13, 0.5))]
+    coco_json = {"images": [{"id": 1, "file_name": "a.png", "height": 48, "width": 64}],
+                 "annotations": [{k: v for k, v in a.items() if k not in ("score", "quality")} for a in anns],
+                 "categories": [{"id": 3, "name": "cup"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco_json))
+    coco = load_coco(tmp_path / "ann.json", img_dir)
+    page = write_review_page(coco, anns, tmp_path / "review", limit=2)
+    text = page.read_text()
+    assert re.findall(r"thumbs/(\d+)\.png", text) == ["12", "13"]  # ascending score, limited to 2
+    assert "score 0.100" in text and "cup" in text and "of 3 labels" in text
+    assert sorted(p.name for p in (tmp_path / "review" / "thumbs").iterdir()) == ["12.png", "13.png"]
+    with Image.open(tmp_path / "review" / "thumbs" / "12.png") as im:
+        px = np.asarray(im.convert("RGB"))
+    assert max(px.shape[:2]) == 160
+    assert (px[..., 0] > px[..., 2] + 40).any()  # the red mask overlay is drawn
