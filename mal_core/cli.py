@@ -1,6 +1,6 @@
 """Command line: ``mal train|evaluate|inference --spec FILE.yaml [--set dotted.key=value ...]``, ``mal demo``,
-``mal codegen``. The actions run through :func:`mal_core.skill.runner.main` (same code as ``runners/<action>.py``;
-``mal <action> --help`` lists every option).
+``mal codegen``, ``mal evals``. The actions run through :func:`mal_core.skill.runner.main` (same code as
+``runners/<action>.py``; ``mal <action> --help`` lists every option).
 
 Exit codes: 0 success, 2 bad input (nothing ran or the input was rejected), 1 runtime failure.
 """
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cg = sub.add_parser("codegen", help="regenerate schemas, templates, skill_info, runners and skill.md tables")
     cg.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
+    sub.add_parser("evals", help="run the agent evals of evals/evals.json as dry runs (options: `mal evals --help`)")
     return parser
 
 
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from mal_core.skill.runner import main as skill_main
 
         return skill_main(argv[0], argv[1:])
+    if argv and argv[0] == "evals":
+        from mal_core.skill.evals import main as evals_main
+
+        return evals_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
