@@ -2,7 +2,8 @@
 
 Data: ``--data DIR`` (any COCO folder: ``DIR/{train,val}/images/``, ``annotations.json`` with masks for scoring and
 ``annotations_boxes.json`` for training; e.g. ``../shared/data/coco128`` or a ``bench/shapes_heldout.py`` family)
-or ``--difficulty easy|medium|hard`` (the project's own synthetic generator, written under ``--out``).
+or ``--family thin|holes|touching`` (the held-out generator ``mal_core.data.heldout_shapes``) or
+``--difficulty easy|medium|hard`` (the project's own synthetic generator); generated sets are written under ``--out``.
 
 Prints val mIoU (class-averaged, instance mean, small/medium/large) for MAL and for box fill, inscribed ellipse and
 GrabCut on the same instances, MAL's training seconds, the Spearman rank correlation between each mask's ``score``
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 from mal_core.baselines import score_baselines  # noqa: E402
 from mal_core.config import check_for_action, parse_spec  # noqa: E402
 from mal_core.config.loader import read_yaml  # noqa: E402
+from mal_core.data.heldout_shapes import FAMILIES, generate_family  # noqa: E402
 from mal_core.data.synthetic import generate_synthetic_dataset  # noqa: E402
 from mal_core.utils.io import atomic_write_json  # noqa: E402
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="COCO folder with train/ and val/ (see above)")
-    ap.add_argument("--difficulty", default="medium", help="synthetic set when --data is not given")
+    ap.add_argument("--family", choices=FAMILIES, help="held-out synthetic family when --data is not given")
+    ap.add_argument("--difficulty", default="medium", help="own synthetic set when neither --data nor --family")
     ap.add_argument("--name", help="name of the run (default: data folder name or difficulty)")
     ap.add_argument("--train-images", type=int, default=200)
     ap.add_argument("--val-images", type=int, default=40)
@@ -81,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     from mal_core.engine.inference import run_inference
     from mal_core.engine.train import run_train
 
-    name = args.name or (Path(args.data).name if args.data else args.difficulty)
+    name = args.name or (Path(args.data).name if args.data else args.family or args.difficulty)
     out = Path(args.out) / f"quality_{name}"
     if args.data:
         paths = dataset_paths(Path(args.data))
+    elif args.family:
+        paths = dataset_paths(generate_family(out / "data", args.family, train_images=args.train_images,
+                                              val_images=args.val_images, seed=args.seed))
     else:
         syn = generate_synthetic_dataset(out / "data", num_train_images=args.train_images,
                                          num_val_images=args.val_images, difficulty=args.difficulty, seed=args.seed)
@@ -126,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
           f"box (true masks: {box_fill_fraction(gt):.2f}); per term: "
           + ", ".join(f"{k} {v:.3f}" for k, v in mal["spearman_terms"].items()))
     atomic_write_json(out / f"quality_{name}.json", {
-        "name": name, "data": args.data or f"synthetic {args.difficulty}", "overrides": args.overrides,
+        "name": name,
+        "data": args.data or (f"held-out {args.family}" if args.family else f"synthetic {args.difficulty}"),
+        "overrides": args.overrides,
         "spec": args.spec, "train_seconds": train_s, "results": rows, "true_box_fill_fraction": box_fill_fraction(gt),
         "history": _history(train)})
     return 0

@@ -1,5 +1,5 @@
-"""Held-out synthetic families for the generalization benchmark: a second generator, unrelated to
-``mal_core.data.synthetic``, that no recipe decision is made on.
+"""Held-out synthetic families for the generalization benchmark and the demo: a second generator, unrelated to
+``mal_core.data.synthetic``, drawn independently so that no recipe decision is made on what it draws.
 
 Drawn with OpenCV primitives on photographic-like backgrounds (smoothed multi-scale noise with a colour gradient),
 objects filled with their own noise texture. Families:
@@ -12,7 +12,7 @@ Writes the folder layout ``bench/quality.py --data`` reads: ``{train,val}/images
 ``{train,val}/annotations.json`` (compressed RLE masks of the visible part) and ``annotations_boxes.json``
 (the same without ``segmentation``).
 
-Usage: python bench/shapes_heldout.py --family thin --out bench_output/heldout_thin
+Usage: python -m mal_core.data.heldout_shapes --family thin --out bench_output/data/thin
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mal_core.utils.io import atomic_write_json  # noqa: E402
+from mal_core.utils.io import atomic_write_json
 
 FAMILIES = ("thin", "holes", "touching")
 CATEGORIES = [{"id": 11, "name": "star"}, {"id": 12, "name": "bent"}, {"id": 13, "name": "stroke"},
