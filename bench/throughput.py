@@ -9,11 +9,16 @@ Configs: ``cpu_tiny`` is examples/cpu_tiny.yaml; ``base512`` is the spec default
 apply to every config. base512 runs by default on CUDA only; on CPU it must be asked for with ``--steps`` <= 3.
 
 The training step is MALModule.training_step rebuilt from the same parts: student forward, teacher forward under
-no_grad, MIL + CRF losses with the spec's settings, the finite-loss check, backward, AdamW over the student's trainable
+no_grad, the training objective itself (mal_core.losses.objective.mal_objective, past its warm-ups), the finite-loss
+check, backward, AdamW over the student's trainable
 parameters (the spec's betas/eps/wd, lr scaled by the batch), EMA update. It runs under the precision Lightning would
 pick (bf16 autocast on CUDA with train.use_amp, fp16 + GradScaler where bf16 is missing, fp32 otherwise) and the spec's
 determinism flags. Inputs are random normalised crops with a random box each (COCO-like 640x480 images, crop geometry
 from mal_core.data.crops). Inference is predict_logits + paste_masks under inference_mode, as Lightning's predict.
+
+On CPU each config is also exported to ONNX (mal_core.engine.export) and the graph's forward (student and teacher
+logits of a batch of crops) is timed in PyTorch and in onnxruntime's CPU provider on the same batches (--no-onnx
+skips it).
 
 Three passes per batch size: one untimed step under FlopCounterMode, ``--warmup`` + ``--steps`` plain steps for
 throughput (synchronised only around the loop), then ``--profile-steps`` steps synchronised around each component.
@@ -57,8 +62,8 @@ from mal_core.engine.module import MALModule  # noqa: E402
 from mal_core.engine.postprocess import paste_masks  # noqa: E402
 from mal_core.engine.schedule import scaled_lr  # noqa: E402
 from mal_core.engine.trainer import precision_for  # noqa: E402
-from mal_core.losses import crf_loss, dice_loss, mean_field_refine, mil_loss  # noqa: E402
-from mal_core.losses.mil import resize_to  # noqa: E402
+from mal_core.losses import crf as crf_module  # noqa: E402
+from mal_core.losses.objective import mal_objective  # noqa: E402
 from mal_core.utils.io import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,24 +293,23 @@ class StepRunner:
         scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
         return opt, scaler
 
-    def _crf(self, image: torch.Tensor, probs: torch.Tensor, t_probs: torch.Tensor,
-             box_mask: torch.Tensor) -> torch.Tensor:
-        """The CRF loss: crf_loss itself when plain, else its parts so the mean-field refinement is timed alone."""
-        t = self.cfg.train
-        kw = {"kernel_size": t.crf_kernel_size, "zeta": t.crf_zeta, "num_iter": t.crf_num_iter,
-              "low": t.crf_value_low_thres, "high": t.crf_value_high_thres}
-        if self.mode == "off":
-            with self.phase("losses"):
-                return crf_loss(image, probs, t_probs, box_mask, size_ratio=t.crf_size_ratio, **kw).mean()
-        with self.phase("losses"):  # the body of crf_loss, split around mean_field_refine
-            h, w = probs.shape[-2:]
-            size = (h * t.crf_size_ratio, w * t.crf_size_ratio)
-            img, p = resize_to(image.float(), size), resize_to(probs.float(), size)
-            tp, m = resize_to(t_probs.float(), size), resize_to(box_mask.float(), size)
-        with self.phase("crf_refine"):
-            refined = mean_field_refine(img, (p.detach() + tp) / 2.0, m, **kw)
-        with self.phase("losses"):
-            return dice_loss(p, (refined > 0.5).float()).mean()
+    @contextlib.contextmanager
+    def _refine_phase(self) -> Iterator[None]:
+        """While timing, the CRF mean-field refinement inside mal_objective is timed as its own component."""
+        if self.mode != "time":
+            yield
+            return
+        original = crf_module.mean_field_refine
+
+        def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
+            with self.phase("crf_refine"):
+                return original(*args, **kwargs)
+
+        crf_module.mean_field_refine = timed
+        try:
+            yield
+        finally:
+            crf_module.mean_field_refine = original
 
     def train_step(self, host: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler | None) -> None:
@@ -315,16 +319,16 @@ class StepRunner:
         areas = batch["box_area"]
         with self.autocast():  # Lightning's precision plugin wraps the whole training_step
             with self.phase("student_fwd"):
-                probs = torch.sigmoid(model.student(batch["image"], areas).float())
+                logits = model.student(batch["image"], areas)
             with self.phase("teacher_fwd"), torch.no_grad():
-                t_probs = torch.sigmoid(model.teacher(batch["timage"], areas).float())
-            with self.phase("losses"):
-                l_mil = mil_loss(probs, batch["box_mask"]).mean()
-            l_crf = self._crf(batch["image"], probs, t_probs, batch["box_mask"])
-            with self.phase("losses"):  # loss warm-up weights taken as 1 (after the first steps of epoch 0)
-                loss = t.loss_mil_weight * l_mil + t.loss_crf_weight * l_crf
+                t_logits = model.teacher(batch["timage"], areas)
+            refine_before = self.times["crf_refine"]
+            with self.phase("losses"), self._refine_phase():  # the training objective (warm-ups done: epoch 1)
+                loss = mal_objective(t, logits, t_logits, batch["image"], batch["timage"], batch["box_mask"],
+                                     epoch=1, step=0).loss
                 if not torch.isfinite(loss):  # a host sync, as in training_step; the bench steps on regardless
                     self.nonfinite += 1
+            self.times["losses"] -= self.times["crf_refine"] - refine_before  # refinement counted once
             with self.phase("backward"):
                 opt.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -349,22 +353,6 @@ class StepRunner:
                 pasted = paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"],
                                      batch["box_area"], self.cfg.train.mask_thres, batch["box"])
                 _ = [p.mask.cpu() for p in pasted]  # predict_step hands masks back on the host
-
-    def crf_split_error(self, host: dict[str, torch.Tensor]) -> float:
-        """|crf_loss - its timed split| on one batch: guards the profile against drifting from crf_loss."""
-        batch, model, mode = _to_device(host, self.device), self.module.model, self.mode
-        with torch.no_grad(), self.autocast():
-            probs = torch.sigmoid(model.student(batch["image"], batch["box_area"]).float())
-            t_probs = torch.sigmoid(model.teacher(batch["timage"], batch["box_area"]).float())
-            try:
-                self.mode = "off"
-                whole = self._crf(batch["image"], probs, t_probs, batch["box_mask"])
-                self.mode = "time"
-                split = self._crf(batch["image"], probs, t_probs, batch["box_mask"])
-            finally:
-                self.mode = mode
-                self.times.clear()
-        return float((whole - split).abs())
 
 
 def _timed(fn: Callable[[dict], None], batches: list[dict], warmup: int, steps: int, device: torch.device) -> float:
@@ -443,6 +431,39 @@ def bench_infer(runner: StepRunner, bs: int, args: argparse.Namespace, rng: np.r
     runner.mode = "off"
     out["memory"] = mem.read()
     runner.module.model.train()
+    return out
+
+
+def bench_onnx(runner: StepRunner, onnx_path: Path, bs: int, args: argparse.Namespace, rng: np.random.Generator,
+               gen: torch.Generator) -> dict[str, Any]:
+    """The exported graph (student + teacher logits of a batch of crops) on CPU: PyTorch (TraceablePair, the
+    module export traces, under inference_mode) vs onnxruntime (CPU provider, torch's thread count) on the same
+    batches; instances/s and the largest logit difference."""
+    import onnxruntime as ort
+
+    from mal_core.engine.export import export_onnx
+    from mal_core.engine.onnx_model import TraceablePair, run_session
+
+    cfg = runner.cfg
+    pair = TraceablePair(runner.module.model, cfg.dataset.crop_size).eval()
+    export_onnx(pair, onnx_path, crop_size=cfg.dataset.crop_size, opset=cfg.export.opset_version, batch_size=-1,
+                metadata={})
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    batches = [make_batch(cfg, bs, train=False, rng=rng, gen=gen) for _ in range(min(max(args.steps, 1), 3))]
+    out: dict[str, Any] = {"status": "ok", "steps": args.steps, "threads": torch.get_num_threads()}
+    with torch.inference_mode():
+        ref = pair(batches[0]["image"], batches[0]["box_area"])
+        got = run_session(session, batches[0]["image"], batches[0]["box_area"])
+        out["max_abs_logit_diff"] = max(float((torch.from_numpy(g) - r).abs().max()) for g, r in zip(got, ref,
+                                                                                                       strict=True))
+        runs = {"pytorch": lambda b: pair(b["image"], b["box_area"]),
+                "onnxruntime": lambda b: run_session(session, b["image"], b["box_area"])}
+        for name, fn in runs.items():
+            elapsed = _timed(fn, batches, args.warmup, max(args.steps, 1), torch.device("cpu"))
+            out[f"{name}_instances_per_s"] = bs * max(args.steps, 1) / elapsed
+    runner.module.model.train()  # as bench_infer leaves it
     return out
 
 
@@ -571,6 +592,15 @@ def print_config(name: str, res: dict[str, Any], device: torch.device) -> None:
             print(line)
         print(f"{'sum (synced)':<16}" + "".join(f"{r['train']['profile_step_ms']:>12.2f}{'':>7}" for r in rows))
         print(f"{'step (plain)':<16}" + "".join(f"{_f(r['train'].get('step_ms'), '.2f'):>12}{'':>7}" for r in rows))
+    orows = [r for r in res["rows"] if r.get("onnx", {}).get("status") == "ok"]
+    if orows:
+        print("exported graph (student + teacher logits) on CPU, instances/s:")
+        print(f"{'batch':>6}{'pytorch':>12}{'onnxruntime':>13}{'ratio':>8}{'max |diff|':>12}")
+        for r in orows:
+            o = r["onnx"]
+            ratio = o["onnxruntime_instances_per_s"] / o["pytorch_instances_per_s"]
+            print(f"{r['batch_size']:>6}{o['pytorch_instances_per_s']:>12.1f}{o['onnxruntime_instances_per_s']:>13.1f}"
+                  f"{ratio:>8.2f}{o['max_abs_logit_diff']:>12.2e}")
     irows = [r for r in res["rows"] if "profile_ms" in r["infer"]]
     if irows:
         print("inference batch profile (ms per batch):")
@@ -597,6 +627,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--loader-image-size", type=int, default=160, help="side of the synthetic loader images")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime vs PyTorch comparison (CPU only)")
     ap.add_argument("--json", default=str(ROOT / "bench_output" / "throughput.json"))
     args = ap.parse_args(argv)
     if args.device == "auto":
@@ -695,15 +726,18 @@ def run_config(name: str, cfg: ExperimentConfig, precision: str, peak: tuple[flo
         res["loader_note"] = "no synthetic box passed dataset.min_obj_size; loader timed without the filter"
     dataset = BoxCropDataset(coco, cfg.dataset.crop_size, train=True, margin_rate=cfg.train.margin_rate)
     batch_sizes = sorted(args.batch_sizes or DEFAULT_BATCHES.get(name, {}).get(device.type) or [cfg.train.batch_size])
-    check = _guarded(lambda: {"abs_error": runner.crf_split_error(
-        make_batch(cfg, min(batch_sizes), train=True, rng=rng, gen=gen))}, device, module)
-    res["crf_profile_split_check"] = check
+    # the onnxruntime comparison is a CPU one; the model is exported afresh for each batch size (training steps
+    # change the weights)
+    onnx_path = Path(synth.train_img_dir).parent / f"{name}.onnx" if device.type == "cpu" and not args.no_onnx \
+        else None
     for bs in batch_sizes:
         print(f"[{name}] batch {bs} ...", flush=True)
         row: dict[str, Any] = {"batch_size": bs}
         row["train"] = _guarded(lambda bs=bs: bench_train(runner, bs, args, rng, gen, mem, peak[0]), device, module)
         row["infer"] = _guarded(lambda bs=bs: bench_infer(runner, bs, args, rng, gen, mem), device, module)
         row["loader"] = bench_loader(dataset, bs, max(1, min(args.steps, 5)), args.seed)
+        if onnx_path is not None:
+            row["onnx"] = _guarded(lambda bs=bs: bench_onnx(runner, onnx_path, bs, args, rng, gen), device, module)
         train_ips = row["train"].get("instances_per_s")
         if train_ips:
             row["loader_workers_needed"] = max(1, math.ceil(train_ips / row["loader"]["instances_per_s"]))

@@ -153,6 +153,11 @@ def block_spec_overrides(schemas: dict[str, dict[str, Any]], info: SkillInfo) ->
     )
     lines = ["```python"] + [f'{name} = "{PLACEHOLDER_VALUES[name]}"' for name in used] + ["```", ""]
     for action in ACTIONS:
+        if not info.data_sources[action] and not info.example_spec_overrides[action]:
+            parent_keys = [k for k, fn in info.spec_params[action].items() if fn == "parent_model"]
+            lines += [f"{action}: no data source; pass `--parent-job-id` (fills {', '.join(parent_keys)}) or set "
+                      "the key.", ""]
+            continue
         lines += [f"{action} (mandatory data sources):", "", "```python", "{"]
         for key, value in info.example_spec_overrides[action].items():
             lines.append(f'    "{key}": {json.dumps(value)},')

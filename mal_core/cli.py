@@ -1,4 +1,4 @@
-"""Command line: ``mal train|evaluate|inference --spec FILE.yaml [--set dotted.key=value ...]``, ``mal demo``,
+"""Command line: ``mal train|evaluate|inference|export --spec FILE.yaml [--set dotted.key=value ...]``, ``mal demo``,
 ``mal codegen``, ``mal evals``. The actions run through :func:`mal_core.skill.runner.main` (same code as
 ``runners/<action>.py``; ``mal <action> --help`` lists every option).
 
@@ -11,9 +11,8 @@ import argparse
 import logging
 import sys
 
+from mal_core.config.checks import ACTIONS
 from mal_core.errors import MalError
-
-ACTIONS = ("train", "evaluate", "inference")
 
 
 def _action_parser(sub: argparse._SubParsersAction, action: str) -> None:

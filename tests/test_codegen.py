@@ -390,6 +390,7 @@ def test_skill_info_content() -> None:
         "evaluate": {"results_dir": "output_dir", "evaluate.checkpoint": "parent_model"},
         "inference": {"results_dir": "output_dir", "inference.checkpoint": "parent_model",
                       "inference.label_dump_path": "create_inference_result_file_mal"},
+        "export": {"results_dir": "output_dir", "export.checkpoint": "parent_model"},
     }
     short = info.spec_shorthand_keys
     assert short["num_epochs"] == "train.num_epochs" and short["learning_rate"] == "train.lr"

@@ -10,7 +10,7 @@ import pytest
 from mal_core.cli import main as cli_main
 from mal_core.skill.evals import EVALS_FILE, SKILL_ROOT, load_evals
 
-ACTIONS_COVERED = {"train", "evaluate", "inference"}
+ACTIONS_COVERED = {"train", "evaluate", "inference", "export"}
 
 
 def test_shipped_evals_cover_every_action_and_policy_phrase() -> None:

@@ -9,7 +9,7 @@ from mal_core.config.experiment import ExperimentConfig, ModelConfig
 from mal_core.config.loader import get_dotted
 from mal_core.errors import SpecError
 
-ACTIONS = ("train", "evaluate", "inference")
+ACTIONS = ("train", "evaluate", "inference", "export")
 
 
 def _need(value: str | None, key: str, what: str) -> None:
@@ -48,11 +48,19 @@ def check_for_action(cfg: ExperimentConfig, action: str) -> None:
         _need(cfg.evaluate.checkpoint, "evaluate.checkpoint", "the MAL checkpoint to score")
         _need(d.val_ann_path, "dataset.val_ann_path", "COCO JSON with GT masks")
         _need(d.val_img_dir, "dataset.val_img_dir", "validation image folder")
-    else:
-        _need(cfg.inference.checkpoint, "inference.checkpoint", "the MAL checkpoint to label with")
+    elif action == "inference":
+        _need(cfg.inference.checkpoint, "inference.checkpoint", "the MAL checkpoint or ONNX file to label with")
         _need(cfg.inference.ann_path, "inference.ann_path", "COCO JSON of the boxes to label")
         _need(cfg.inference.img_dir, "inference.img_dir", "image folder")
         _need(cfg.inference.label_dump_path, "inference.label_dump_path", "output file name")
+    elif action == "export":
+        _need(cfg.export.checkpoint, "export.checkpoint", "the MAL checkpoint to export")
+        _need(cfg.export.onnx_file, "export.onnx_file", "output file name")
+        if cfg.export.batch_size == 0:
+            raise SpecError("export.batch_size must be -1 (dynamic) or a positive batch size",
+                            field="export.batch_size")
+    else:  # unreachable while ACTIONS lists every branch above
+        raise SpecError(f"no spec checks declared for action {action!r}", field="action")
 
 
 def clamp_for_action(cfg: ExperimentConfig, action: str) -> list[str]:
@@ -72,10 +80,14 @@ def clamp_for_action(cfg: ExperimentConfig, action: str) -> list[str]:
     return warnings
 
 
+#: ``model.*`` keys that only act at test time: evaluate / inference may set them on any checkpoint.
+TEST_TIME_MODEL_KEYS: tuple[str, ...] = ("test_refine_iters",)
+
 #: Spec keys a trained checkpoint fixes: the architecture (every ``model.*`` key but the EMA momentum, which only
-#: matters while training) and the crop size.
+#: matters while training, and the test-time keys) and the crop size.
 CHECKPOINT_FIXED_KEYS: tuple[str, ...] = tuple(
-    f"model.{name}" for name in ModelConfig.__dataclass_fields__ if name != "teacher_momentum"
+    f"model.{name}" for name in ModelConfig.__dataclass_fields__
+    if name != "teacher_momentum" and name not in TEST_TIME_MODEL_KEYS
 ) + ("dataset.crop_size",)
 
 

@@ -341,7 +341,8 @@ class EvaluateConfig:
     num_nodes: int = param(1, title="Number of nodes", minimum=1, maximum=1024, popular=True,
                            description="Machines to use.")
     checkpoint: str = param(
-        "", title="Checkpoint", required=True, description="MAL checkpoint (.pth) to evaluate."
+        "", title="Checkpoint", required=True,
+        description="MAL checkpoint (.pth) to evaluate, or an ONNX file written by export."
     )
     results_dir: str | None = param(
         None, title="Evaluate results directory", description="Defaults to the top-level results_dir."
@@ -370,7 +371,8 @@ class InferenceConfig:
     gpu_ids: list[int] = param([0], title="GPU ids", popular=True, description="CUDA device indices to use.")
     num_nodes: int = param(1, title="Number of nodes", minimum=1, maximum=1024, popular=True,
                            description="Machines to use.")
-    checkpoint: str = param("", title="Checkpoint", required=True, description="MAL checkpoint (.pth) to label with.")
+    checkpoint: str = param("", title="Checkpoint", required=True,
+                            description="MAL checkpoint (.pth) to label with, or an ONNX file written by export.")
     results_dir: str | None = param(
         None, title="Inference results directory", description="Defaults to the top-level results_dir."
     )
@@ -409,8 +411,29 @@ class InferenceConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Exporting a trained checkpoint to ONNX."""
+
+    checkpoint: str = param("", title="Checkpoint", required=True,
+                            description="MAL checkpoint (.pth) to export.")
+    results_dir: str | None = param(
+        None, title="Export results directory", description="Defaults to the top-level results_dir."
+    )
+    onnx_file: str = param(
+        "model.onnx", title="ONNX file",
+        description="Output file, relative to the results folder (it must stay inside it).",
+    )
+    opset_version: int = param(17, title="ONNX opset", minimum=14, maximum=20,
+                               description="ONNX opset version of the exported graph.")
+    batch_size: int = param(
+        -1, title="Batch size", minimum=-1, maximum=1024,
+        description="Fixed batch size of the graph; -1 exports a dynamic batch axis.",
+    )
+
+
+@dataclass
 class ExperimentConfig:
-    """A full MAL experiment spec: data, model, and the train/evaluate/inference actions."""
+    """A full MAL experiment spec: data, model, and the train/evaluate/inference/export actions."""
 
     results_dir: str = param(
         "", title="Results directory", popular=True, description="Folder for every output of the action."
@@ -420,6 +443,7 @@ class ExperimentConfig:
     train: TrainConfig = section(TrainConfig, title="Train", description="Training settings.")
     evaluate: EvaluateConfig = section(EvaluateConfig, title="Evaluate", description="Evaluation settings.")
     inference: InferenceConfig = section(InferenceConfig, title="Inference", description="Labelling settings.")
+    export: ExportConfig = section(ExportConfig, title="Export", description="ONNX export settings.")
 
 
 #: Keys of the seed document that are accepted as aliases of the canonical keys.

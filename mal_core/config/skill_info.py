@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mal_core import __version__
+from mal_core.config.checks import ACTIONS as CHECKED_ACTIONS
 from mal_core.config.loader import leaf_fields
 from mal_core.errors import MalError
 
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 #: Actions the skill exposes, in the order tables list them.
-ACTIONS: tuple[str, ...] = ("train", "evaluate", "inference")
+ACTIONS: tuple[str, ...] = CHECKED_ACTIONS
 
 DataSourceName = Literal["train_datasets", "eval_dataset", "inference_dataset"]
 DataFile = Literal["images.tar.gz", "annotations.json"]
@@ -265,7 +266,7 @@ SKILL_INFO = SkillInfo(
     description=(
         "MAL (Mask Auto-Labeler): trains a ViT-MAE based model from COCO box annotations alone (MIL box-projection "
         "loss plus CRF self-training with an EMA teacher) and labels boxes with instance masks. Actions: train, "
-        "evaluate (mask mIoU), inference (COCO JSON with masks)."
+        "evaluate (mask mIoU), inference (COCO JSON with masks), export (ONNX for onnxruntime)."
     ),
     automl_enabled=True,
     data_format="default",
@@ -319,12 +320,26 @@ SKILL_INFO = SkillInfo(
             inputs={
                 "inference.img_dir": InputSpec(type="folder", description="images of the boxes to label"),
                 "inference.ann_path": InputSpec(type="file", description="COCO JSON whose boxes get masks"),
-                "inference.checkpoint": InputSpec(type="file", description="MAL checkpoint (.pth) to label with"),
+                "inference.checkpoint": InputSpec(
+                    type="file", description="MAL checkpoint (.pth) or exported ONNX file to label with"
+                ),
             },
             outputs={
                 "results_dir": OutputSpec(type="folder", description=_RESULTS),
                 "inference.label_dump_path": OutputSpec(
                     type="file", description="COCO JSON with masks, relative to results_dir"
+                ),
+            },
+        ),
+        "export": _action(
+            "export",
+            inputs={
+                "export.checkpoint": InputSpec(type="file", description="MAL checkpoint (.pth) to export"),
+            },
+            outputs={
+                "results_dir": OutputSpec(type="folder", description=_RESULTS),
+                "export.onnx_file": OutputSpec(
+                    type="file", description="ONNX model (student and teacher logits), relative to results_dir"
                 ),
             },
         ),
@@ -344,6 +359,7 @@ SKILL_INFO = SkillInfo(
             "inference.img_dir": _images("inference_dataset"),
             "inference.ann_path": _annotations("inference_dataset"),
         },
+        "export": {},
     },
     spec_params={
         "train": {
@@ -359,6 +375,10 @@ SKILL_INFO = SkillInfo(
             "results_dir": "output_dir",
             "inference.checkpoint": "parent_model",
             "inference.label_dump_path": "create_inference_result_file_mal",
+        },
+        "export": {
+            "results_dir": "output_dir",
+            "export.checkpoint": "parent_model",
         },
     },
     spec_param_functions={
@@ -404,6 +424,7 @@ SKILL_INFO = SkillInfo(
         },
         "evaluate": {},
         "inference": {},
+        "export": {},
     },
     multi_gpu=MultiGpu(
         launch="Lightning-managed (a single python process; Lightning spawns one worker per device)",

@@ -34,15 +34,17 @@ class MALModule(pl.LightningModule):
     """Student/teacher MAL model with its training, validation and prediction steps.
 
     ``test_mode`` selects the network used at validation/prediction: dict with ``use_teacher``, ``use_mixed``,
-    ``use_flip``. ``history_path`` (optional) receives one JSON line per validation.
+    ``use_flip``. ``history_path`` (optional) receives one JSON line per validation. ``network`` is the
+    student/teacher pair to run (default: a new :class:`StudentTeacher` of ``cfg.model``); evaluate and inference
+    pass an onnxruntime stand-in for an exported model.
     """
 
     def __init__(self, cfg: ExperimentConfig, categories: list[dict[str, Any]], *, test_mode: dict | None = None,
-                 history_path: str | Path | None = None) -> None:
+                 history_path: str | Path | None = None, network: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.categories = [dict(c) for c in categories]
-        self.model = StudentTeacher(cfg.model, cfg.dataset.crop_size)
+        self.model = network if network is not None else StudentTeacher(cfg.model, cfg.dataset.crop_size)
         self.automatic_optimization = False
         self.val_metric = MaskMIoU(len(self.categories))
         self.val_box_metric = MaskMIoU(len(self.categories))  # box fill on the same instances (collapse check)

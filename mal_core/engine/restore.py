@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mal_core.config.checks import check_checkpoint_conflicts
+from mal_core.config.checks import TEST_TIME_MODEL_KEYS, check_checkpoint_conflicts
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import parse_spec, spec_to_dict
 from mal_core.engine.checkpoints import load_mal_checkpoint
@@ -16,19 +16,33 @@ from mal_core.errors import CheckpointError
 
 def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explicit: set[str],
                           source: str) -> ExperimentConfig:
-    """``cfg`` with model settings and crop size taken from the checkpoint's spec ``stored``."""
+    """``cfg`` with model settings and crop size taken from the checkpoint's spec ``stored`` (test-time model keys
+    set explicitly for this run are kept)."""
     stored_cfg, _ = parse_spec({"model": stored.get("model", {}),
                                 "dataset": {"crop_size": stored.get("dataset", {}).get("crop_size", 512)}})
     check_checkpoint_conflicts(spec_to_dict(cfg), explicit, spec_to_dict(stored_cfg), source)
     merged = copy.deepcopy(cfg)
     merged.model = copy.deepcopy(stored_cfg.model)
+    for name in TEST_TIME_MODEL_KEYS:  # test-time settings given for this run win over the checkpoint's
+        if f"model.{name}" in explicit:
+            setattr(merged.model, name, getattr(cfg.model, name))
     merged.dataset.crop_size = stored_cfg.dataset.crop_size
     return merged
 
 
 def restore_module(cfg: ExperimentConfig, checkpoint: str, field: str, explicit: set[str],
                    categories: list[dict[str, Any]], test_mode: dict[str, bool]) -> tuple[MALModule, ExperimentConfig]:
-    """Load ``checkpoint`` into a fresh :class:`MALModule` built from the checkpoint's architecture."""
+    """Load ``checkpoint`` into a fresh :class:`MALModule` built from the checkpoint's architecture; an ``.onnx``
+    file written by export runs through onnxruntime instead (same predictions, same test-time modes)."""
+    from mal_core.engine.onnx_model import is_onnx_path
+
+    if is_onnx_path(checkpoint):
+        from mal_core.engine.onnx_model import OnnxStudentTeacher, read_onnx
+
+        _model, stored, _categories = read_onnx(checkpoint, field)
+        merged = merge_checkpoint_spec(cfg, stored, explicit, checkpoint)
+        module = MALModule(merged, categories, test_mode=test_mode, network=OnnxStudentTeacher(checkpoint))
+        return module.eval(), merged
     ckpt = load_mal_checkpoint(checkpoint, field=field)
     merged = merge_checkpoint_spec(cfg, ckpt["mal"]["spec"], explicit, checkpoint)
     module = MALModule(merged, categories, test_mode=test_mode)

@@ -36,7 +36,7 @@ PREVIOUS_DIR = "previous_attempts"
 #: Names at the top of a job folder that belong to the job, not to one attempt.
 JOB_OWN_NAMES = (JOB_FILE, LOCK_FILE, PREVIOUS_DIR)
 #: Actions whose earlier outputs are moved aside on a re-run (train resumes from its own files instead).
-ARCHIVED_ACTIONS = ("evaluate", "inference")
+ARCHIVED_ACTIONS = ("evaluate", "inference", "export")
 STATES = ("pending", "running", "success", "failure")
 TERMINAL = ("success", "failure")
 _TRANSITIONS = {"pending": {"running", "failure"}, "running": {"success", "failure"},

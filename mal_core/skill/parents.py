@@ -84,8 +84,10 @@ def checkpoint_metric(epoch: int, step: int, path: Path, history: list[dict[str,
     return _finite(metrics.get(METRIC))
 
 
-def lookup_folder(jobs_root: Path, parent_id: str) -> tuple[Path, dict[str, Any] | None, str | None]:
-    """The folder holding the parent's checkpoints (best trial for an AutoML parent), its record, the trial id."""
+def lookup_folder(jobs_root: Path, parent_id: str, parent_actions: tuple[str, ...] = ("train",)
+                  ) -> tuple[Path, dict[str, Any] | None, str | None]:
+    """The folder holding the parent's checkpoints (best trial for an AutoML parent), its record, the trial id.
+    The parent job must have run one of ``parent_actions``."""
     check_job_id(parent_id, field="parent_job_id")
     job_dir = jobs_root / parent_id
     if not job_dir.is_dir():
@@ -94,9 +96,9 @@ def lookup_folder(jobs_root: Path, parent_id: str) -> tuple[Path, dict[str, Any]
     record = read_job(job_dir)
     if record is None:
         return job_dir, None, None
-    if record.get("action") not in (None, "train"):
-        raise ParentError(f"parent job {parent_id!r} ran {record.get('action')!r}; a parent must be a train job",
-                          field="parent_job_id")
+    if record.get("action") not in (None, *parent_actions):
+        raise ParentError(f"parent job {parent_id!r} ran {record.get('action')!r}; a parent here must be a "
+                          f"{' or '.join(parent_actions)} job", field="parent_job_id")
     automl = record.get("automl")
     if record.get("route") == "automl" or automl:
         best = (automl or {}).get("best_trial")
@@ -122,10 +124,25 @@ def parse_method(text: str | None) -> tuple[str, int | None, str | None]:
     return "file", None, text
 
 
-def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None) -> ParentCheckpoint:
-    """Pick one checkpoint of job ``parent_id``; :class:`ParentError` when there is none."""
+def _export_parent(folder: Path, record: dict[str, Any], parent_id: str) -> ParentCheckpoint:
+    """The ONNX file an export job wrote (its recorded artifact, else the one ``.onnx`` in its folder)."""
+    recorded = (record.get("artifacts") or {}).get("onnx_file")
+    found = [Path(recorded)] if recorded and Path(recorded).is_file() else sorted(folder.glob("*.onnx"))
+    if len(found) != 1:
+        raise ParentError(f"export job {parent_id!r} has {'no' if not found else 'more than one'} .onnx file in "
+                          f"{folder}", field="parent_job_id", hint="run the export job (again) first")
+    return ParentCheckpoint(job_id=parent_id, path=str(found[0].resolve()), method="export", epoch=None, step=None,
+                            metric=None, lookup_dir=str(folder))
+
+
+def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None,
+                   parent_actions: tuple[str, ...] = ("train",)) -> ParentCheckpoint:
+    """Pick one checkpoint of job ``parent_id`` (an ONNX file for an export parent, where ``parent_actions``
+    allows one); :class:`ParentError` when there is none."""
     method, epoch, name = parse_method(choose)
-    folder, _record, trial = lookup_folder(jobs_root, parent_id)
+    folder, record, trial = lookup_folder(jobs_root, parent_id, parent_actions)
+    if record is not None and record.get("action") == "export":
+        return _export_parent(folder, record, parent_id)
     base = {"job_id": parent_id, "lookup_dir": str(folder), "trial_id": trial}
     if method == "file":
         path = folder / str(name)
@@ -161,7 +178,7 @@ def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:
     """The resolved spec the parent trained with (its ``spec.yaml``), for a torch-free model-setting check."""
     import yaml
 
-    folder, _record, _trial = lookup_folder(jobs_root, parent_id)
+    folder, _record, _trial = lookup_folder(jobs_root, parent_id, ("train", "export"))
     for path in (folder / "train_spec.yaml", jobs_root / parent_id / "spec.yaml"):
         if path.is_file():
             data = yaml.safe_load(path.read_text())

@@ -22,15 +22,19 @@ from mal_core.skill.jobs import JOB_OWN_NAMES, LOG_DIR, SPEC_FILE
 
 #: The per-action results folder key (it wins over ``results_dir`` for what the action writes).
 ACTION_RESULTS_KEY = {"train": "train.results_dir", "evaluate": "evaluate.results_dir",
-                      "inference": "inference.results_dir"}
+                      "inference": "inference.results_dir", "export": "export.results_dir"}
 #: Spec keys an action reads (files or folders); outputs may not overwrite or go inside them.
 INPUT_KEYS = {
     "train": ("dataset.train_ann_path", "dataset.train_img_dir", "dataset.val_ann_path", "dataset.val_img_dir",
               "train.pretrained_model_path", "train.resume_training_checkpoint_path"),
     "evaluate": ("dataset.val_ann_path", "dataset.val_img_dir", "evaluate.checkpoint"),
     "inference": ("inference.ann_path", "inference.img_dir", "inference.checkpoint"),
+    "export": ("export.checkpoint",),
 }
 LABEL_KEY = "inference.label_dump_path"
+#: The single output file an action writes inside its results folder, named by a spec key.
+OUTPUT_FILE_KEY = {"inference": LABEL_KEY, "export": "export.onnx_file"}
+_OUTPUT_EXAMPLE = {"inference": "inference.json", "export": "model.onnx"}
 #: Names in the job folder that no output may replace.
 RESERVED_NAMES = (*JOB_OWN_NAMES, SPEC_FILE, LOG_DIR)
 
@@ -83,35 +87,36 @@ def confine_outputs(action: str, tree: dict[str, Any], job_dir: Path) -> None:
                 raise SpecError(f"{key} {value!r} lies inside this job's own folder {job_dir}; a re-run moves "
                                 "that folder's files aside, so it cannot read its input from there", field=key,
                                 hint="copy the file elsewhere, or use another --job-id for this run")
-    if action == "inference":
-        _check_label_dump(tree, job_dir, inputs)
+    if action in OUTPUT_FILE_KEY:
+        _check_output_file(action, tree, job_dir, inputs)
 
 
-def _check_label_dump(tree: dict[str, Any], job_dir: Path, inputs: list[tuple[str, Any]]) -> None:
-    value = get_dotted(tree, LABEL_KEY)
+def _check_output_file(action: str, tree: dict[str, Any], job_dir: Path, inputs: list[tuple[str, Any]]) -> None:
+    key = OUTPUT_FILE_KEY[action]
+    value = get_dotted(tree, key)
     if not value:
         return  # check_for_action names the missing key
-    base = Path(get_dotted(tree, ACTION_RESULTS_KEY["inference"]) or tree.get("results_dir") or job_dir)
+    base = Path(get_dotted(tree, ACTION_RESULTS_KEY[action]) or tree.get("results_dir") or job_dir)
     target = Path(os.path.normpath(base / value))
-    hint = "give a file name relative to the results folder, e.g. inference.json"
+    hint = f"give a file name relative to the results folder, e.g. {_OUTPUT_EXAMPLE[action]}"
     if not is_inside(target, base) or _real(target) == _real(base):
-        raise SpecError(f"{LABEL_KEY} {value!r} resolves to {_real(target)}, outside the results folder {base}: "
-                        "the labelled JSON is written inside the job's results folder only", field=LABEL_KEY,
+        raise SpecError(f"{key} {value!r} resolves to {_real(target)}, outside the results folder {base}: "
+                        f"the {action} output is written inside the job's results folder only", field=key,
                         hint=hint)
     if target.is_dir():
-        raise SpecError(f"{LABEL_KEY} {value!r} is an existing folder ({target}), expected a file name",
-                        field=LABEL_KEY, hint=hint)
-    for key, path in inputs:
+        raise SpecError(f"{key} {value!r} is an existing folder ({target}), expected a file name",
+                        field=key, hint=hint)
+    for in_key, path in inputs:
         if _real(target) == _real(path):
-            raise SpecError(f"{LABEL_KEY} {value!r} ({_real(target)}) is the input {key}; an input is never "
-                            "overwritten", field=LABEL_KEY, hint=hint)
+            raise SpecError(f"{key} {value!r} ({_real(target)}) is the input {in_key}; an input is never "
+                            "overwritten", field=key, hint=hint)
     if is_inside(target, job_dir):
         first = Path(os.path.relpath(_real(target), _real(job_dir))).parts[0]
         if first in RESERVED_NAMES:
-            raise SpecError(f"{LABEL_KEY} {value!r} would overwrite the job's own {first!r}", field=LABEL_KEY,
+            raise SpecError(f"{key} {value!r} would overwrite the job's own {first!r}", field=key,
                             hint=hint)
     if is_inside(target, base / "overlays"):
-        raise SpecError(f"{LABEL_KEY} {value!r} lies in the overlays folder of the results", field=LABEL_KEY,
+        raise SpecError(f"{key} {value!r} lies in the overlays folder of the results", field=key,
                         hint=hint)
 
 
@@ -152,9 +157,13 @@ def preflight(action: str, tree: dict[str, Any]) -> dict[str, int]:
                             field="dataset.load_mask")
         counts["val_instances"] = len(load_eval_coco(d.val_ann_path, d.val_img_dir, load_mask=True).instances)
         _need_path(cfg.evaluate.checkpoint, "evaluate.checkpoint", folder_ok=False)
-    else:
+    elif action == "inference":
         inf = cfg.inference
         counts["instances"] = len(load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask).instances)
         _need_path(inf.checkpoint, "inference.checkpoint", folder_ok=False)
+    elif action == "export":
+        _need_path(cfg.export.checkpoint, "export.checkpoint", folder_ok=False)
+    else:
+        raise SpecError(f"no preflight declared for action {action!r}", field="action")
     return counts
 

@@ -28,6 +28,10 @@ OOM_HINT = "lower dataset.crop_size (512 -> 384 -> 256) or use a smaller model.a
            "instead of large)"
 
 
+#: Jobs whose output an action may take as its parent model (an export job's ONNX file labels and scores too).
+PARENT_ACTIONS: dict[str, tuple[str, ...]] = {"evaluate": ("train", "export"), "inference": ("train", "export")}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise MalError(f"bad arguments: {message}", field="argv", hint=f"see `{self.prog} --help`")
@@ -53,7 +57,8 @@ def build_parser(action: str, root: Path = SKILL_ROOT) -> argparse.ArgumentParse
     p.add_argument("--automl-policy", choices=["auto", "on", "off"], help="per-run AutoML override (train)")
     p.add_argument("--request", help="the user's ask in free text (read for AutoML on/off phrases)")
     p.add_argument("--automl-settings", help="JSON: automl_algorithm, automl_max_recommendations, ...")
-    p.add_argument("--parent-job-id", help="train (or AutoML) job whose checkpoint feeds this action")
+    p.add_argument("--parent-job-id", help="train (or AutoML) job whose checkpoint feeds this action (evaluate and "
+                   "inference also take an export job's ONNX file)")
     p.add_argument("--parent-checkpoint", help="best (default), latest, epoch:N, or a file name in the parent")
     p.add_argument("--job-id", help="job id (default: generated); reusing a train job id resumes it")
     p.add_argument("--jobs-root", help="jobs folder (default: $MAL_JOBS_ROOT or ./mal_jobs)")
@@ -178,14 +183,24 @@ def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[d
         result = run_evaluate(cfg, explicit_keys=explicit)
         return {"metrics_json": result.get("metrics_file"), "checkpoint": result.get("checkpoint")}, \
             dict(result.get("metrics") or {})
-    from mal_core.engine.inference import run_inference
+    if action == "inference":
+        from mal_core.engine.inference import run_inference
 
-    result = run_inference(cfg, explicit_keys=explicit)
-    arts = {"label_dump": result.get("label_file"), "checkpoint": result.get("checkpoint"),
-            "num_labelled": result.get("num_labelled")}
-    if result.get("overlay_dir"):
-        arts["overlays"] = result["overlay_dir"]
-    return arts, dict(result.get("metrics") or {})
+        result = run_inference(cfg, explicit_keys=explicit)
+        arts = {"label_dump": result.get("label_file"), "checkpoint": result.get("checkpoint"),
+                "num_labelled": result.get("num_labelled")}
+        if result.get("overlay_dir"):
+            arts["overlays"] = result["overlay_dir"]
+        return arts, dict(result.get("metrics") or {})
+    if action == "export":
+        from mal_core.engine.export import run_export
+
+        result = run_export(cfg, explicit_keys=explicit)
+        arts = {"onnx_file": result["onnx_file"], "checkpoint": result["checkpoint"],
+                "opset_version": result["opset_version"], "dynamic_batch": result["dynamic_batch"],
+                "onnx_checker": result["onnx_checker"]}
+        return arts, dict(result["metrics"])
+    raise SpecError(f"no engine declared for action {action!r}", field="action")
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -335,8 +350,9 @@ def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, A
     confine_results_dirs(action, tree, given, results_dir)
     parent = None
     if args.parent_job_id:
-        parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint)
-        stored = parent_spec(jobs_root, args.parent_job_id)
+        parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint,
+                                PARENT_ACTIONS.get(action, ("train",)))
+        stored = parent_spec(jobs_root, args.parent_job_id) if parent.method != "export" else None
         if action != "train" and stored:
             check_checkpoint_conflicts(tree, explicit, stored, parent.path)
     sources = resolve_data_sources(info, action, {k: get_dotted(tree, k) for k in info.data_sources[action]},
