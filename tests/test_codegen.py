@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -162,17 +161,15 @@ def test_check_flags_edits_inside_generated_blocks_but_not_prose(tmp_path, capsy
     assert capsys.readouterr().out.splitlines() == ["stale: skill.md"]
 
 
-def test_render_is_fast_and_does_not_import_torch() -> None:
+def test_render_does_not_import_torch() -> None:
+    # what keeps codegen fast is that it never imports torch or the engine (its speed is not a timed test: a loaded
+    # 2-core CI machine would make that flaky)
     code = (
-        "import sys, time; t = time.perf_counter(); from codegen.writer import render_all; render_all(); "
-        "print(time.perf_counter() - t); assert 'torch' not in sys.modules, 'codegen imported torch'"
+        "import sys; from codegen.writer import render_all; render_all(); "
+        "assert 'torch' not in sys.modules, 'codegen imported torch'"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert float(proc.stdout.strip()) < 2.0
-    start = time.perf_counter()
-    render_all(ROOT)
-    assert time.perf_counter() - start < 2.0
 
 
 def test_every_generated_file_has_a_header(outputs) -> None:

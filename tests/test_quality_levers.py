@@ -92,3 +92,45 @@ def test_collapse_warnings_name_the_failure_and_the_hint():
     assert all("train.lr" in w for w in filled)
     empty = collapse_warnings({"mIoU": 0.01, "mIoU_box_fill": 0.55, "mask_box_fill": 0.0})
     assert "empty" in empty[0]
+
+
+def test_test_time_refinement_may_be_set_on_any_checkpoint_but_architecture_may_not():
+    import pytest
+
+    from mal_core.config.loader import parse_spec, spec_to_dict
+    from mal_core.engine.restore import merge_checkpoint_spec
+    from mal_core.errors import SpecError
+
+    stored, _ = parse_spec({"model": {"arch": "vit-mae-nano/8"}})
+    cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}}, ["model.test_refine_iters=7"])
+    merged = merge_checkpoint_spec(cfg, spec_to_dict(stored), explicit, "ckpt.pth")
+    assert merged.model.test_refine_iters == 7
+    trained_with, _ = parse_spec({"model": {"arch": "vit-mae-nano/8", "test_refine_iters": 4}})
+    cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}})
+    assert merge_checkpoint_spec(cfg, spec_to_dict(trained_with), explicit, "c").model.test_refine_iters == 4
+    cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}}, ["model.mask_head_num_convs=2"])
+    with pytest.raises(SpecError, match="model.mask_head_num_convs=2 conflicts with the checkpoint"):
+        merge_checkpoint_spec(cfg, spec_to_dict(stored), explicit, "ckpt.pth")
+
+
+def test_test_time_refinement_pulls_the_mask_onto_the_colour_edge():
+    from mal_core.config.experiment import ExperimentConfig
+    from mal_core.data.augment import to_normalised_tensor
+    from mal_core.engine.module import MALModule
+
+    cfg = ExperimentConfig()
+    cfg.model.arch, cfg.dataset.crop_size, cfg.train.crf_zeta = "vit-mae-nano/8", 64, 0.5
+    module = MALModule(cfg, [{"id": 1, "name": "thing"}])
+    img = torch.zeros(64, 64, 3, dtype=torch.uint8)
+    img[:, :32] = torch.tensor([220, 30, 30], dtype=torch.uint8)  # red object on the left half of the crop
+    img[:, 32:] = torch.tensor([30, 30, 220], dtype=torch.uint8)
+    image = to_normalised_tensor(img.numpy())[None]
+    box = torch.ones(1, 1, 64, 64)
+    logits = torch.full((1, 1, 16, 16), -3.0)
+    logits[..., :, 2:11] = 3.0  # a mask that spills 3 columns past the edge (column 8) and misses 2 on the left
+    refined = module._refined(logits, image, box, 10)
+    fg = refined[0, 0] > 0
+    want = torch.zeros(16, 16, dtype=torch.bool)
+    want[:, :8] = True
+    assert (fg == want).float().mean() > (logits[0, 0] > 0).eq(want).float().mean()
+    assert not fg[:, 11:].any()  # the blue side stays background

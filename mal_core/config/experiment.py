@@ -120,6 +120,12 @@ class ModelConfig:
         0.0, title="Drop-path rate", minimum=0.0, maximum=0.5, automl_enabled=None,
         description="Stochastic-depth rate of the last ViT block (linearly increasing from 0 over the blocks).",
     )
+    test_refine_iters: int = param(
+        0, title="Test-time CRF iterations", minimum=0, maximum=200, automl_enabled=False,
+        automl_reason="a test-time choice",
+        description="Mean-field iterations that refine predicted masks with the image's colour edges at validation "
+        "and labelling time (the training CRF's kernel and bandwidth). 0 = off.",
+    )
     image_stem_channels: int = param(
         0, title="Image stem channels", minimum=0, maximum=256, automl_enabled=False,
         automl_reason="an architecture choice made with the recipe",

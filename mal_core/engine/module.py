@@ -18,9 +18,11 @@ from mal_core.config.loader import spec_to_dict
 from mal_core.engine.diagnostics import collapse_warnings
 from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.postprocess import box_fill, paste_masks, region_iou
-from mal_core.engine.quality import confidence_margin, mask_agreement, quality_score
+from mal_core.engine.quality import QUALITY_REFINE_ITERS, confidence_margin, mask_agreement, quality_score
 from mal_core.engine.schedule import lr_at, scaled_lr
 from mal_core.engine.seeding import seed_rank_streams
+from mal_core.losses.crf import mean_field_refine
+from mal_core.losses.mil import resize_to
 from mal_core.losses.objective import mal_objective
 from mal_core.model.network import StudentTeacher
 from mal_core.utils.io import json_safe
@@ -118,27 +120,49 @@ class MALModule(pl.LightningModule):
         return loss.detach()
 
     # ----- validation ---------------------------------------------------------------------------------------
-    def _logits(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _raw_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         m = self.test_mode
         return self.model.predict_logits(batch["image"], batch["box_area"], use_teacher=m.get("use_teacher", False),
                                          use_mixed=m.get("use_mixed", False), use_flip=m.get("use_flip", False))
+
+    def _logits(self, batch: dict[str, Any], raw: torch.Tensor | None = None) -> torch.Tensor:
+        raw = self._raw_logits(batch) if raw is None else raw
+        return self._final(raw, batch["image"], batch["box_mask"])
+
+    def _final(self, raw: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
+        """The network's logits after the test-time refinement (when ``model.test_refine_iters`` > 0)."""
+        iters = self.cfg.model.test_refine_iters
+        return self._refined(raw, images, box_mask, iters) if iters > 0 else raw
+
+    def _refined(self, logits: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor, iters: int) -> torch.Tensor:
+        """Mean-field refinement of the mask probabilities with the crop's colours, as logits."""
+        t, size = self.cfg.train, tuple(logits.shape[-2:])
+        probs = mean_field_refine(resize_to(images.float(), size), torch.sigmoid(logits.float()),
+                                  resize_to(box_mask.float(), size), kernel_size=t.crf_kernel_size,
+                                  zeta=t.crf_zeta, num_iter=iters, low=0.01, high=0.99)
+        return torch.logit(probs)
 
     def _pasted(self, batch: dict[str, Any], logits: torch.Tensor | None = None):
         logits = self._logits(batch) if logits is None else logits
         return paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"], batch["box_area"],
                            self.cfg.train.mask_thres, batch["box"])
 
-    def _quality_terms(self, batch: dict[str, Any], logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Ground-truth-free quality terms (see :mod:`mal_core.engine.quality`) of the predicted logits."""
-        m, images, areas = self.test_mode, batch["image"], batch["box_area"]
-        flipped = self.model.predict_logits(images.flip(-1), areas, use_teacher=m.get("use_teacher", False),
-                                            use_mixed=m.get("use_mixed", False)).flip(-1)
+    def _quality_terms(self, batch: dict[str, Any], raw: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Ground-truth-free quality terms (see :mod:`mal_core.engine.quality`) of the final logits ``logits``
+        (``raw`` = the network's, before any test-time refinement); every compared mask goes through the same
+        test-time path."""
+        m, images, areas, box = self.test_mode, batch["image"], batch["box_area"], batch["box_mask"]
+        flipped_raw = self.model.predict_logits(images.flip(-1), areas, use_teacher=m.get("use_teacher", False),
+                                                use_mixed=m.get("use_mixed", False))
+        flipped = self._final(flipped_raw, images.flip(-1), box.flip(-1)).flip(-1)
         plain = m.get("use_teacher") or m.get("use_mixed") or m.get("use_flip")
-        student = self.model.student(images, areas) if plain else logits
+        student = self._final(self.model.student(images, areas), images, box) if plain else logits
+        teacher = self._final(self.model.teacher(images, areas), images, box)
         thr = float(self.cfg.train.mask_thres[0])
-        return {"flip": mask_agreement(logits, flipped, batch["box_mask"], thr),
-                "teacher": mask_agreement(student, self.model.teacher(images, areas), batch["box_mask"], thr),
-                "margin": confidence_margin(logits, batch["box_mask"])}
+        return {"flip": mask_agreement(logits, flipped, box, thr),
+                "teacher": mask_agreement(student, teacher, box, thr),
+                "margin": confidence_margin(logits, box),
+                "crf": mask_agreement(logits, self._refined(logits, images, box, QUALITY_REFINE_ITERS), box, thr)}
 
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()
@@ -179,9 +203,10 @@ class MALModule(pl.LightningModule):
 
     # ----- prediction ---------------------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        logits = self._logits(batch)
+        raw = self._raw_logits(batch)
+        logits = self._logits(batch, raw)
         pasted = self._pasted(batch, logits)
-        terms = self._quality_terms(batch, logits)
+        terms = self._quality_terms(batch, raw, logits)
         scores = quality_score(terms)
         out = []
         for i, p in enumerate(pasted):

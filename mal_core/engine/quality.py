@@ -2,8 +2,9 @@
 
 Each term is computed on the mask-resolution probabilities inside the box, per instance, in [0, 1]:
 ``flip``: IoU between the mask and the mask predicted on the mirrored crop (mirrored back); ``teacher``: IoU between
-the student's and the EMA teacher's masks; ``margin``: mean |2p - 1| (how decided the probabilities are).
-The ``score`` written with each label is :func:`quality_score` of the terms.
+the student's and the EMA teacher's masks; ``margin``: mean |2p - 1| (how decided the probabilities are); ``crf``:
+IoU between the network's mask and its mean-field refinement with the image's colour edges (how far the image
+disagrees with the mask). The ``score`` written with each label is :func:`quality_score` of the terms.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 QUALITY_TERMS = ("flip", "teacher", "margin")
+#: Mean-field iterations of the refinement the ``crf`` term compares with when no test-time refinement is on.
+QUALITY_REFINE_ITERS = 30
 
 
 def _box_at(box_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

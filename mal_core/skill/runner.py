@@ -165,6 +165,10 @@ def _train_metrics(result: dict[str, Any], arts: dict[str, Any]) -> dict[str, An
     return metrics
 
 
+#: Key under which ``run_direct`` passes the engine's warnings up (removed from the artifacts before reporting).
+ENGINE_WARNINGS = "engine_warnings"
+
+
 def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the engine; returns (artifacts, metrics)."""
     from mal_core.config import check_for_action, parse_spec
@@ -176,6 +180,7 @@ def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[d
 
         result = run_train(cfg)
         arts = _train_artifacts(result)
+        arts[ENGINE_WARNINGS] = list(result.get("warnings") or [])
         return arts, _train_metrics(result, arts)
     if action == "evaluate":
         from mal_core.engine.evaluate import run_evaluate
@@ -191,6 +196,8 @@ def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[d
                 "num_labelled": result.get("num_labelled")}
         if result.get("overlay_dir"):
             arts["overlays"] = result["overlay_dir"]
+        if result.get("review_page"):
+            arts["review_page"] = result["review_page"]
         return arts, dict(result.get("metrics") or {})
     if action == "export":
         from mal_core.engine.export import run_export
@@ -290,6 +297,8 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
             arts, metrics = _run_automl(job, plan, root)
         else:
             arts, metrics = run_direct(action, plan["spec"], set(plan["explicit_keys"]))
+        # the engine's own warnings (collapse checks, clamps it applied) join the plan's in the result JSON
+        out["warnings"] = list(dict.fromkeys(out.get("warnings", []) + arts.pop(ENGINE_WARNINGS, [])))
         out.update(artifacts=arts, metrics=metrics, status="success")
         ckpt_dir = (plan["spec"]["train"].get("results_dir") or plan["spec"]["results_dir"]) if action == "train" \
             else None
