@@ -27,8 +27,10 @@ def test_agreement_and_margin_terms():
     assert agree.tolist() == [0.0, 1.0, 1.0]  # disjoint, identical, both empty
     margin = confidence_margin(torch.stack([a[1], torch.zeros(1, 8, 8), a[1]]), box)
     assert margin[0] > 0.99 and margin[1] == 0.0
-    terms = {"flip": agree, "teacher": torch.tensor([1.0, 0.5, 1.0]), "margin": torch.tensor([1.0, 1.0, 0.5])}
-    assert quality_score(terms).tolist() == [0.0, 0.5, 0.5]
+    ones = torch.ones(3)
+    terms = {"flip": agree, "teacher": torch.tensor([1.0, 0.5, 1.0]), "margin": torch.tensor([1.0, 1.0, 0.5]),
+             "crf": ones, "mean_probability": torch.tensor([1.0, 1.0, 0.5])}
+    assert quality_score(terms).tolist() == [0.0, 0.5, 0.25]
 
 
 def test_review_page_lists_the_lowest_scores_first(tmp_path):
@@ -52,6 +54,10 @@ def test_review_page_lists_the_lowest_scores_first(tmp_path):
     assert "score 0.100" in text and "cup" in text and "of 3 labels" in text
     assert sorted(p.name for p in (tmp_path / "review" / "thumbs").iterdir()) == ["12.png", "13.png"]
     with Image.open(tmp_path / "review" / "thumbs" / "12.png") as im:
-        px = np.asarray(im.convert("RGB"))
+        px = np.asarray(im.convert("RGB")).astype(int)
     assert max(px.shape[:2]) == 160
-    assert (px[..., 0] > px[..., 2] + 40).any()  # the red mask overlay is drawn
+    # crop = box [8, 8, 24, 14] + 25% margin -> pixels x 2..37, y 4..25 scaled by 160/36: the mask (x 10..29,
+    # y 10..19) is red in the middle of the thumbnail, the margin around the box is the plain grey image
+    red = px[..., 0] - px[..., 2]
+    assert red[int(15 - 4) * 160 // 36, int(20 - 2) * 160 // 36] > 60  # inside the mask
+    assert abs(red[2, 2]) < 10 and abs(red[-3, -3]) < 10  # corners: outside the mask

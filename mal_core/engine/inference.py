@@ -2,8 +2,8 @@
 
 Output: ``<results_dir>/<inference.label_dump_path>`` = the input JSON with each annotation's ``segmentation``
 replaced by a compressed RLE of the predicted mask, ``area`` = mask pixel count, ``score`` = estimated mask quality
-in [0, 1] (agreement under a mirrored crop and with the EMA teacher times the probability margin, see
-:mod:`mal_core.engine.quality`; its terms are in ``quality``); ids, ``bbox`` and other keys are kept. An input
+in [0, 1] (a product of agreement and confidence terms, see :mod:`mal_core.engine.quality`; the terms are in
+``quality``); ids, ``bbox`` and other keys are kept. An input
 detector ``score`` moves to ``box_score``.
 Crowd annotations (``iscrowd``) are copied unchanged; they are never labelled or scored.
 With several processes each writes a part file; the first merges them.

@@ -207,13 +207,13 @@ class MALModule(pl.LightningModule):
         logits = self._logits(batch, raw)
         pasted = self._pasted(batch, logits)
         terms = self._quality_terms(batch, raw, logits)
+        terms["mean_probability"] = torch.tensor([p.score for p in pasted], dtype=torch.float32)
         scores = quality_score(terms)
         out = []
         for i, p in enumerate(pasted):
             rec = {"index": int(batch["index"][i]), "region": p.region, "mask": p.mask.cpu(),
                    "score": float(scores[i]) if bool(p.mask.any()) else 0.0,
-                   "quality": {k: round(float(v[i]), 4) for k, v in terms.items()} | {
-                       "mean_probability": round(p.score, 4)}}
+                   "quality": {k: round(float(v[i]), 4) for k, v in terms.items()}}
             if "gt_region" in batch:
                 rec["iou"] = region_iou(p, batch["gt_region"][i], int(batch["gt_area"][i]))
             out.append(rec)

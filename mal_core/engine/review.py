@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -20,21 +21,26 @@ _BOX_RGB = (40, 220, 255)
 
 
 def render_thumbnail(image: np.ndarray, ann: dict[str, Any], side: int = THUMB_SIDE) -> Image.Image:
-    """The box with a 25% margin, mask blended in red with its outline, box outlined; resized to ``side``."""
+    """The box with a 25% margin resized to ``side``: outside the mask dimmed, the mask tinted red with a red
+    outline, the box outlined in blue."""
     h, w = image.shape[:2]
     x, y, bw, bh = (float(v) for v in ann["bbox"])
     mx, my = 0.25 * bw + 2, 0.25 * bh + 2
     x0, y0 = max(int(x - mx), 0), max(int(y - my), 0)
     x1, y1 = min(int(np.ceil(x + bw + mx)), w), min(int(np.ceil(y + bh + my)), h)
-    crop = image[y0:y1, x0:x1].astype(np.float32)
-    mask = decode_segmentation(ann["segmentation"], h, w)[y0:y1, x0:x1]
-    crop[mask] = 0.55 * crop[mask] + 0.45 * _MASK_RGB
-    pil = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
-    scale = side / max(pil.width, pil.height, 1)
-    pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
-    draw = ImageDraw.Draw(pil)
-    draw.rectangle([(x - x0) * scale, (y - y0) * scale, (x + bw - x0) * scale - 1, (y + bh - y0) * scale - 1],
-                   outline=_BOX_RGB)
+    scale = side / max(x1 - x0, y1 - y0, 1)
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    crop = np.asarray(Image.fromarray(image[y0:y1, x0:x1]).resize(size, Image.BILINEAR)).astype(np.float32)
+    mask = decode_segmentation(ann["segmentation"], h, w)[y0:y1, x0:x1].astype(np.uint8)
+    mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    crop[~mask] *= 0.45
+    crop[mask] = 0.7 * crop[mask] + 0.3 * _MASK_RGB
+    out = np.ascontiguousarray(crop.clip(0, 255).astype(np.uint8))
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in _MASK_RGB), 1)
+    pil = Image.fromarray(out)
+    ImageDraw.Draw(pil).rectangle([(x - x0) * scale, (y - y0) * scale, (x + bw - x0) * scale - 1,
+                                   (y + bh - y0) * scale - 1], outline=_BOX_RGB)
     return pil
 
 
@@ -72,8 +78,10 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
         "main{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px;font-size:12px}"
         "img{width:160px;height:160px;object-fit:contain;background:#222}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{len(shown)} of {len(ranked)} labels, lowest estimated quality first "
-        "(score in [0, 1]: agreement under a mirrored crop and with the EMA teacher, times the probability margin). "
-        "Red: predicted mask; blue: the input box. Fix the first ones, then re-run evaluation.</p>"
+        "(score in [0, 1]: the product of the mask's agreement with the mirrored crop's mask, with the EMA teacher's "
+        "mask and with its colour-edge refinement, the probability margin and the mean foreground probability). "
+        "Red tint and outline: predicted mask (outside it is dimmed); blue: the input box. "
+        "Fix the first ones, then re-run evaluation.</p>"
         f"<main>{''.join(cards)}</main></body></html>\n")
     page_path = out_dir / "index.html"
     atomic_write_text(page_path, page)
