@@ -223,3 +223,23 @@ def test_runtime_failure_and_oom_leave_a_terminal_job(tmp_path: Path, capsys: py
     rec = read_job(tmp_path / "oom")
     assert rec["status"] == "failure" and rec["error"]["code"] == "cuda_oom"
     assert (tmp_path / "oom" / "spec.yaml").is_file()
+
+
+def test_engine_warnings_reach_the_result_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import mal_core.engine.train as train_engine
+
+    collapse = "collapse: predicted masks fill 97% of their boxes on validation (masks are boxes); lower train.lr"
+
+    def fake_train(cfg: object) -> dict:
+        return {"results_dir": str(tmp_path / "w"), "checkpoints": [], "latest_checkpoint": None,
+                "metrics": {"mIoU": 0.5}, "warnings": [collapse]}
+
+    monkeypatch.setattr(train_engine, "run_train", fake_train)
+    d = _data(tmp_path)
+    rc, out = _run(capsys, "train", ["--jobs-root", str(tmp_path), "--job-id", "w", "--automl-policy", "off",
+                                     "--set", f"dataset.train_img_dir={d['img']}",
+                                     "--set", f"dataset.train_ann_path={d['ann']}"])
+    assert rc == 0 and out["status"] == "success"
+    assert collapse in out["warnings"]
+    assert "engine_warnings" not in out["artifacts"]
