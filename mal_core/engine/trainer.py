@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from mal_core.errors import SpecError
 
 log = logging.getLogger(__name__)
+
+# Lightning warnings that describe our design, not a problem: the EMA teacher stays in eval mode on purpose, and a
+# job folder holds its spec and logs before the first checkpoint is written into it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 DDP_STRATEGY = "ddp_find_unused_parameters_true"
 
