@@ -14,11 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import torch
 import yaml
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from mal_core.data.coco import load_coco
@@ -452,22 +450,9 @@ def test_archive_limits_can_be_raised_and_real_images_pass(tmp_path: Path, monke
 # ----- S3 sources (moto server) --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
+def s3(s3_client: Any) -> Iterator[Any]:
+    client = s3_client
     client.create_bucket(Bucket="bad")
     yield client
     for obj in client.list_objects_v2(Bucket="bad").get("Contents", []):
