@@ -59,11 +59,13 @@ from mal_core.data.datamodule import load_train_coco  # noqa: E402
 from mal_core.data.datasets import BoxCropDataset, collate_crops  # noqa: E402
 from mal_core.data.synthetic import generate_synthetic_dataset  # noqa: E402
 from mal_core.engine.module import MALModule  # noqa: E402
+from mal_core.engine.optim import build_optimizer  # noqa: E402
 from mal_core.engine.postprocess import paste_masks  # noqa: E402
 from mal_core.engine.schedule import scaled_lr  # noqa: E402
 from mal_core.engine.trainer import precision_for  # noqa: E402
 from mal_core.losses import crf as crf_module  # noqa: E402
 from mal_core.losses.objective import mal_objective  # noqa: E402
+from mal_core.model.build import build_network  # noqa: E402
 from mal_core.utils.io import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,9 +289,7 @@ class StepRunner:
     def optimizer(self, batch_size: int) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
         """AdamW as MALModule.configure_optimizers builds it (one device, lr scaled by the batch)."""
         t = self.cfg.train
-        params = [p for p in self.module.model.student.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=scaled_lr(t.lr, 1, batch_size), betas=tuple(t.optim_betas),
-                                eps=t.optim_eps, weight_decay=t.wd)
+        opt = build_optimizer(self.module.model.student.parameters(), t, scaled_lr(t.lr, 1, batch_size))
         scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
         return opt, scaler
 
@@ -709,7 +709,7 @@ def run_config(name: str, cfg: ExperimentConfig, precision: str, peak: tuple[flo
                device: torch.device, args: argparse.Namespace, rng: np.random.Generator, gen: torch.Generator,
                mem: PeakMemory) -> dict[str, Any]:
     deterministic = apply_torch_flags(cfg)
-    module = MALModule(cfg, categories=[{"id": 1, "name": "x"}]).to(device)
+    module = MALModule(cfg, categories=[{"id": 1, "name": "x"}], network=build_network(cfg)).to(device)
     runner = StepRunner(module, cfg, device, precision)
     student = module.model.student
     res: dict[str, Any] = {

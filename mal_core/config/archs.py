@@ -11,24 +11,25 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """Size of one ViT variant."""
+    """Size of one ViT variant, the network family that builds it (a key of
+    :data:`mal_core.model.build.NETWORK_BUILDERS`) and its AutoML sampling weight over ``model.arch``."""
 
     embed_dim: int
     depth: int
     num_heads: int
     patch_size: int
+    automl_weight: float
     mlp_ratio: float = 4.0
+    family: str = "vit"
 
 
+#: AutoML weights: base is the paper's default and best quality per cost, large is slightly better at ~3x the cost,
+#: the small ones are for smoke tests and CPUs.
 ARCHS: dict[str, ArchSpec] = {
-    "vit-mae-nano/8": ArchSpec(embed_dim=128, depth=4, num_heads=4, patch_size=8),
-    "vit-deit-tiny/16": ArchSpec(embed_dim=192, depth=12, num_heads=3, patch_size=16),
-    "vit-deit-small/16": ArchSpec(embed_dim=384, depth=12, num_heads=6, patch_size=16),
-    "vit-mae-base/16": ArchSpec(embed_dim=768, depth=12, num_heads=12, patch_size=16),
-    "vit-mae-large/16": ArchSpec(embed_dim=1024, depth=24, num_heads=16, patch_size=16),
-    "vit-mae-huge/14": ArchSpec(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
+    "vit-mae-nano/8": ArchSpec(embed_dim=128, depth=4, num_heads=4, patch_size=8, automl_weight=0.05),
+    "vit-deit-tiny/16": ArchSpec(embed_dim=192, depth=12, num_heads=3, patch_size=16, automl_weight=0.1),
+    "vit-deit-small/16": ArchSpec(embed_dim=384, depth=12, num_heads=6, patch_size=16, automl_weight=0.15),
+    "vit-mae-base/16": ArchSpec(embed_dim=768, depth=12, num_heads=12, patch_size=16, automl_weight=0.4),
+    "vit-mae-large/16": ArchSpec(embed_dim=1024, depth=24, num_heads=16, patch_size=16, automl_weight=0.25),
+    "vit-mae-huge/14": ArchSpec(embed_dim=1280, depth=32, num_heads=16, patch_size=14, automl_weight=0.05),
 }
-
-#: AutoML sampling prior over ``model.arch`` (aligned with ``ARCHS`` order): base is the paper's default and best
-#: quality per cost, large is slightly better at ~3x the cost, the small ones are for smoke tests and CPUs.
-ARCH_OPTION_WEIGHTS: list[float] = [0.05, 0.1, 0.15, 0.4, 0.25, 0.05]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mal_core.config.archs import ARCH_OPTION_WEIGHTS, ARCHS
+from mal_core.config.archs import ARCHS
 from mal_core.config.fields import param, section
 
 _NO_SEARCH = "a path, device or bookkeeping setting, not a model hyperparameter"
@@ -71,7 +71,8 @@ class ModelConfig:
     """Backbone and mask-head architecture."""
 
     arch: str = param(
-        "vit-mae-base/16", title="Backbone architecture", options=list(ARCHS), option_weights=ARCH_OPTION_WEIGHTS,
+        "vit-mae-base/16", title="Backbone architecture", options=list(ARCHS),
+        option_weights=[a.automl_weight for a in ARCHS.values()],
         automl_enabled=False, automl_reason="searchable on request; the weights favour base (best quality per cost)",
         description="ViT variant of the image encoder. vit-mae-nano/8 is a small CPU model; base/large/huge match "
         "the public MAE checkpoints.",

@@ -17,6 +17,7 @@ from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.engine.diagnostics import collapse_warnings
 from mal_core.engine.metrics import MaskMIoU
+from mal_core.engine.optim import build_optimizer
 from mal_core.engine.postprocess import box_fill, paste_masks, region_iou
 from mal_core.engine.quality import QUALITY_REFINE_ITERS, confidence_margin, mask_agreement, quality_score
 from mal_core.engine.schedule import lr_at, scaled_lr
@@ -24,7 +25,7 @@ from mal_core.engine.seeding import seed_rank_streams
 from mal_core.losses.crf import mean_field_refine
 from mal_core.losses.mil import resize_to
 from mal_core.losses.objective import mal_objective
-from mal_core.model.network import StudentTeacher
+from mal_core.model.build import build_network
 from mal_core.utils.io import json_safe
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ class MALModule(pl.LightningModule):
 
     ``test_mode`` selects the network used at validation/prediction: dict with ``use_teacher``, ``use_mixed``,
     ``use_flip``. ``history_path`` (optional) receives one JSON line per validation. ``network`` is the
-    student/teacher pair to run (default: a new :class:`StudentTeacher` of ``cfg.model``); evaluate and inference
-    pass an onnxruntime stand-in for an exported model.
+    student/teacher pair to run (default: :func:`~mal_core.model.build.build_network` of ``cfg``); evaluate and
+    inference pass an onnxruntime stand-in for an exported model.
     """
 
     def __init__(self, cfg: ExperimentConfig, categories: list[dict[str, Any]], *, test_mode: dict | None = None,
@@ -46,7 +47,7 @@ class MALModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.categories = [dict(c) for c in categories]
-        self.model = network if network is not None else StudentTeacher(cfg.model, cfg.dataset.crop_size)
+        self.model = network if network is not None else build_network(cfg)
         self.automatic_optimization = False
         self.val_metric = MaskMIoU(len(self.categories))
         self.val_box_metric = MaskMIoU(len(self.categories))  # box fill on the same instances (collapse check)
@@ -65,9 +66,8 @@ class MALModule(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         self.peak_lr = scaled_lr(t.lr, world, t.batch_size)
         self.min_lr = self.peak_lr * t.min_lr_rate
-        params = [p for p in self.model.student.parameters() if p.requires_grad]
         start = self.peak_lr if t.warmup_epochs == 0 else 0.0
-        return torch.optim.AdamW(params, lr=start, betas=tuple(t.optim_betas), eps=t.optim_eps, weight_decay=t.wd)
+        return build_optimizer(self.model.student.parameters(), t, start)
 
     def _set_lr(self, epoch_float: float) -> float:
         t = self.cfg.train

@@ -12,6 +12,7 @@ from mal_core.config.loader import parse_spec, spec_to_dict
 from mal_core.engine.checkpoints import load_mal_checkpoint
 from mal_core.engine.module import MALModule
 from mal_core.errors import CheckpointError
+from mal_core.model.build import build_network
 
 
 def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explicit: set[str],
@@ -45,7 +46,7 @@ def restore_module(cfg: ExperimentConfig, checkpoint: str, field: str, explicit:
         return module.eval(), merged
     ckpt = load_mal_checkpoint(checkpoint, field=field)
     merged = merge_checkpoint_spec(cfg, ckpt["mal"]["spec"], explicit, checkpoint)
-    module = MALModule(merged, categories, test_mode=test_mode)
+    module = MALModule(merged, categories, test_mode=test_mode, network=build_network(merged))
     state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("val_metric.")}
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("val_metric.")]

@@ -24,6 +24,7 @@ from mal_core.engine.checkpoints import (
 from mal_core.engine.module import MALModule
 from mal_core.engine.trainer import build_trainer, device_settings
 from mal_core.errors import CheckpointError, DataError
+from mal_core.model.build import build_network
 from mal_core.model.weights import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None)
     results_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_path(cfg, results_dir)
     devices = device_settings(t.num_gpus, t.gpu_ids, t.num_nodes, "train")
-    module = MALModule(cfg, train_coco.categories, history_path=results_dir / HISTORY_FILE)
+    module = MALModule(cfg, train_coco.categories, history_path=results_dir / HISTORY_FILE, network=build_network(cfg))
     init_report = None
     if resume is None and t.pretrained_model_path:
         init_report = load_pretrained(module.model.student, t.pretrained_model_path)
