@@ -96,7 +96,7 @@ def errors(args: argparse.Namespace) -> dict:
                                       f"inference.ann_path={data / 'val/annotations.json'}",
                                       f"inference.img_dir={data / 'val/images'}", "inference.load_mask=true",
                                       "inference.num_gpus=1"])
-    labels = json.loads(Path(run_inference(cfg, explicit)["label_file"]).read_text())["annotations"]
+    labels = json.loads(Path(run_inference(cfg, explicit).artifacts["label_dump"]).read_text())["annotations"]
     gt = json.loads((data / "val/annotations.json").read_text())
     names = {c["id"]: c["name"] for c in gt["categories"]}
     images = {i["id"]: i for i in gt["images"]}

@@ -32,6 +32,7 @@ from mal_core.config import check_for_action, parse_spec  # noqa: E402
 from mal_core.config.loader import read_yaml  # noqa: E402
 from mal_core.data.heldout_shapes import FAMILIES, generate_family  # noqa: E402
 from mal_core.data.synthetic import generate_synthetic_dataset  # noqa: E402
+from mal_core.engine.result import EngineResult  # noqa: E402
 from mal_core.utils.io import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,23 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     train = run_train(cfg)
     train_s = time.time() - t0
     icfg, explicit = parse_spec(read_yaml(args.spec), overrides + [
-        f"inference.checkpoint={train['latest_checkpoint']}", f"results_dir={out / 'label'}",
+        f"inference.checkpoint={train.artifacts['latest_checkpoint']}", f"results_dir={out / 'label'}",
         f"inference.ann_path={paths['dataset.val_ann_path']}", f"inference.img_dir={paths['dataset.val_img_dir']}",
         "inference.load_mask=true"])
     inf = run_inference(icfg, explicit)
-    labelled = [a for a in json.loads(Path(inf["label_file"]).read_text())["annotations"] if "iou" in a]
+    labelled = [a for a in json.loads(Path(inf.artifacts["label_dump"]).read_text())["annotations"] if "iou" in a]
     gt = [a for a in json.loads(Path(paths["dataset.val_ann_path"]).read_text())["annotations"]
           if not a.get("iscrowd", 0)]
     ious = [a["iou"] for a in labelled]
     methods = ("box_fill", "ellipse") if args.no_grabcut else ("box_fill", "ellipse", "grabcut")
     base = score_baselines(paths["dataset.val_ann_path"], paths["dataset.val_img_dir"], methods=methods)
-    mal = {**inf["metrics"], "seconds": round(train_s, 1), "spearman_score_iou": spearman(
+    mal = {**inf.metrics, "seconds": round(train_s, 1), "spearman_score_iou": spearman(
         [a["score"] for a in labelled], ious), "box_fill_fraction": box_fill_fraction(labelled)}
     terms = sorted({k for a in labelled for k in a.get("quality", {})})
     mal["spearman_terms"] = {k: spearman([a["quality"][k] for a in labelled], ious) for k in terms}
     rows = {"MAL (" + cfg.model.arch + ")": mal, **base}
-    print(f"\nval set: {name}, {int(mal['num_instances'])} instances; train: {train['num_train_instances']} boxes x "
-          f"{cfg.train.num_epochs} epochs in {train_s:.0f} s")
+    print(f"\nval set: {name}, {int(mal['num_instances'])} instances; train: "
+          f"{train.details['num_train_instances']} boxes x {cfg.train.num_epochs} epochs in {train_s:.0f} s")
     print(f"{'method':<24}" + "".join(f"{k.replace('mIoU_', ''):>10}" for k in METRIC_KEYS) + f"{'seconds':>10}")
     for label, m in rows.items():
         cells = [m.get(k) for k in METRIC_KEYS]
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _history(train: dict) -> list:
-    path = train.get("validation_history")
+def _history(train: EngineResult) -> list:
+    path = train.artifacts.get("validation_history")
     return [json.loads(line) for line in open(path)] if path else []
 
 

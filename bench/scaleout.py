@@ -48,7 +48,7 @@ def _worker(args: argparse.Namespace) -> int:
         batch = [f"train.batch_size={args.batch}"] if args.batch else []
         cfg, _ = parse_spec(spec, base + batch + [f"results_dir={out}", f"train.num_gpus={procs}"])
         res = run_train(cfg)
-        result.update(train_seconds=time.time() - t0, val=res["metrics"], checkpoint=res["latest_checkpoint"],
+        result.update(train_seconds=time.time() - t0, val=res.metrics, checkpoint=res.artifacts["latest_checkpoint"],
                       batch=cfg.train.batch_size, seed=args.seed)
     else:
         cfg, explicit = parse_spec(spec, base + [
@@ -56,11 +56,12 @@ def _worker(args: argparse.Namespace) -> int:
             f"inference.ann_path={data / 'val/annotations.json'}", f"inference.img_dir={data / 'val/images'}",
             "inference.load_mask=true"])
         res = run_inference(cfg, explicit)
-        result.update(infer_seconds=time.time() - t0, label_file=res["label_file"], metrics=res.get("metrics"))
+        result.update(infer_seconds=time.time() - t0, label_file=res.artifacts["label_dump"],
+                      metrics=res.metrics or None)
         if procs == 1:
             ecfg, explicit = parse_spec(spec, base + [f"results_dir={out}_eval",
                                                       f"evaluate.checkpoint={args.checkpoint}"])
-            result["evaluate"] = run_evaluate(ecfg, explicit)["metrics"]
+            result["evaluate"] = run_evaluate(ecfg, explicit).metrics
     if os.environ.get("LOCAL_RANK", "0") == "0":
         print(json.dumps(result, default=str))
     return 0

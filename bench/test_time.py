@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"inference.img_dir={paths['dataset.val_img_dir']}"] + sets
             cfg, explicit = parse_spec(read_yaml(args.spec), overrides)
             res = run_inference(cfg, explicit | {s.split("=")[0] for s in sets})
-            labels = [a for a in json.loads(Path(res["label_file"]).read_text())["annotations"] if "iou" in a]
+            labels = [a for a in json.loads(Path(res.artifacts["label_dump"]).read_text())["annotations"] if "iou" in a]
             if args.keep:
                 Path(args.keep).mkdir(parents=True, exist_ok=True)
-                shutil.copy(res["label_file"], Path(args.keep) / f"variant_{n}.json")
-        m, ious = res["metrics"], [a["iou"] for a in labels]
+                shutil.copy(res.artifacts["label_dump"], Path(args.keep) / f"variant_{n}.json")
+        m, ious = res.metrics, [a["iou"] for a in labels]
         terms = {k: spearman([a["quality"][k] for a in labels], ious) for k in labels[0].get("quality", {})}
         print(f"{variant or '(as trained)':<40}{m['mIoU']:>7.3f}{m['mIoU_instance']:>7.3f}"
               f"{box_fill_fraction(labels):>7.3f}  {spearman([a['score'] for a in labels], ious):.3f} ["

@@ -46,8 +46,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from codegen import SCHEMA_VERSION, CodegenError, header_text
+from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import KEY_ALIASES, ExperimentConfig
-from mal_core.config.skill_info import ACTIONS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -70,8 +70,9 @@ class Node:
 
 
 def kept_top_level(name: str, action: str) -> bool:
-    """TAO's filtering rule: keep ``train``, the current action, and every key that is not an action name."""
-    return name == "train" or name == action or name not in ACTIONS
+    """TAO's filtering rule: keep ``train``, the current action's section, and every key that is not an action's
+    section."""
+    return name == "train" or name == ACTIONS[action].section or name not in {d.section for d in ACTIONS.values()}
 
 
 def walk(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[Node]:

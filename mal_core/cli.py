@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from mal_core.config.checks import ACTIONS
+from mal_core.config.actions import ACTIONS
 from mal_core.errors import MalError
 
 

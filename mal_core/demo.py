@@ -56,7 +56,7 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
     print(f"[demo] training {cfg.model.arch} at crop {cfg.dataset.crop_size} for {cfg.train.num_epochs} epochs on "
           f"CPU ({data.train_ann_path}) ...", flush=True)
     train = run_train(cfg)
-    ckpt = train["latest_checkpoint"]
+    ckpt = train.artifacts["latest_checkpoint"]
     ecfg, explicit = parse_spec(raw, sets + [f"results_dir={out / 'eval'}", f"evaluate.checkpoint={ckpt}"])
     ev = run_evaluate(ecfg, explicit)
     icfg, explicit = parse_spec(raw, sets + [
@@ -65,7 +65,7 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
         "inference.label_dump_path=val_labels_mal.json"])
     inf = run_inference(icfg, explicit)
     box_fill = score_baselines(data.val_ann_path, data.val_img_dir, methods=("box_fill",))["box_fill"]
-    miou = ev["metrics"]["mIoU"]
+    miou = ev.metrics["mIoU"]
     held = generate_family(out / "data_heldout", HELDOUT_FAMILY, train_images=0, val_images=val_images, seed=0)
     held_sets = sets + [f"results_dir={out / 'heldout_eval'}", f"evaluate.checkpoint={ckpt}",
                         f"dataset.val_ann_path={held / 'val' / 'annotations.json'}",
@@ -76,16 +76,16 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
                                methods=("box_fill",))["box_fill"]
     print("\n==================== MAL demo ====================")
     print(f"data (synthetic, boxes only for training): {data.root}")
-    print(f"checkpoints:  {train['results_dir']} (latest: {ckpt})")
-    print(f"metrics:      {ev['metrics_file']}")
-    print(f"labels:       {inf['label_file']} ({inf['num_labelled']} masks, COCO RLE)")
-    print(f"overlays:     {inf.get('overlay_dir')}")
-    print(f"review page:  {inf.get('review_page')} (lowest quality score first)")
+    print(f"checkpoints:  {train.results_dir} (latest: {ckpt})")
+    print(f"metrics:      {ev.artifacts['metrics_json']}")
+    print(f"labels:       {inf.artifacts['label_dump']} ({inf.artifacts['num_labelled']} masks, COCO RLE)")
+    print(f"overlays:     {inf.artifacts.get('overlays')}")
+    print(f"review page:  {inf.artifacts.get('review_page')} (lowest quality score first)")
     print(f"val mIoU:     MAL {miou:.3f}   vs box-fill baseline {box_fill['mIoU']:.3f}   "
-          f"({int(ev['metrics']['num_instances'])} instances, the generator the recipe was tuned on)")
-    print(f"held-out:     MAL {held_ev['metrics']['mIoU']:.3f}   vs box-fill baseline {held_box['mIoU']:.3f}   "
-          f"({int(held_ev['metrics']['num_instances'])} instances of the untuned '{HELDOUT_FAMILY}' family, "
+          f"({int(ev.metrics['num_instances'])} instances, the generator the recipe was tuned on)")
+    print(f"held-out:     MAL {held_ev.metrics['mIoU']:.3f}   vs box-fill baseline {held_box['mIoU']:.3f}   "
+          f"({int(held_ev.metrics['num_instances'])} instances of the untuned '{HELDOUT_FAMILY}' family, "
           "same model, never trained on)")
     print(f"wall time:    {time.time() - t0:.0f} s")
-    return {"train": train, "evaluate": ev, "inference": inf, "box_fill": box_fill, "heldout_evaluate": held_ev,
-            "heldout_box_fill": held_box}
+    return {"train": train.flat(), "evaluate": ev.flat(), "inference": inf.flat(), "box_fill": box_fill,
+            "heldout_evaluate": held_ev.flat(), "heldout_box_fill": held_box}

@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 import mal_core.skill.runner as runner
+from mal_core.config.resolved import ResolvedSpec
+from mal_core.engine.result import EngineResult
 from mal_core.errors import CheckpointError
 from mal_core.skill.jobs import LOCK_FILE, Job, read_job
 from mal_core.skill.testing import TINY_OVERRIDES, last_json_line, minimal_coco, tiny_dataset
@@ -41,7 +43,8 @@ def fake_engine(miou: float = 0.5, fail: BaseException | None = None):
     """A stand-in for :func:`runner.run_direct` writing what the engine writes (metrics.json, the label JSON, a
     checkpoint); raises ``fail`` after writing a partial output when given."""
 
-    def run(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def run(action: str, spec: ResolvedSpec) -> EngineResult:
+        tree = spec.tree
         out = _results(tree, action)
         out.mkdir(parents=True, exist_ok=True)
         (out / "lightning_logs").mkdir(exist_ok=True)
@@ -49,13 +52,14 @@ def fake_engine(miou: float = 0.5, fail: BaseException | None = None):
             raise fail
         if action == "evaluate":
             path = atomic_write_json(out / "metrics.json", {"mIoU": miou})
-            return {"metrics_json": str(path), "checkpoint": tree["evaluate"]["checkpoint"]}, {"mIoU": miou}
+            return EngineResult(str(out), {"metrics_json": str(path), "checkpoint": tree["evaluate"]["checkpoint"]},
+                                {"mIoU": miou})
         if action == "inference":
             path = atomic_write_json(out / tree["inference"]["label_dump_path"], {"labelled_with": miou})
-            return {"label_dump": str(path), "checkpoint": tree["inference"]["checkpoint"]}, {}
+            return EngineResult(str(out), {"label_dump": str(path), "checkpoint": tree["inference"]["checkpoint"]})
         ckpt = out / "model_epoch_000_step_00001.pth"
         ckpt.write_bytes(b"weights")
-        return {"checkpoints": [str(ckpt)]}, {"mIoU": miou}
+        return EngineResult(str(out), {"checkpoints": [str(ckpt)]}, {"mIoU": miou})
 
     return run
 
@@ -262,9 +266,9 @@ def test_a_fresh_job_never_resumes_another_jobs_checkpoint(tmp_path: Path, capsy
     d = _inputs(tmp_path)
     seen: dict[str, Any] = {}
 
-    def engine(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[dict, dict]:
-        seen.update(tree)
-        return fake_engine()(action, tree, explicit)
+    def engine(action: str, spec: ResolvedSpec) -> EngineResult:
+        seen.update(spec.tree)
+        return fake_engine()(action, spec)
 
     monkeypatch.setattr(runner, "run_direct", engine)
     rc, out = _run(capsys, "train", _argv("train", d, tmp_path / "jobs", "fresh", "-e", "old_recipe.yaml"))
@@ -324,14 +328,15 @@ SLOW = """
 import sys, time
 from pathlib import Path
 import mal_core.skill.runner as runner
+from mal_core.engine.result import EngineResult
 from mal_core.utils.io import atomic_write_json
 
-def slow(action, tree, explicit):
-    out = Path(tree[action].get("results_dir") or tree["results_dir"])
+def slow(action, spec):
+    out = Path(spec.tree[action].get("results_dir") or spec.tree["results_dir"])
     atomic_write_json(out / "partial.json", {"half": True})
     time.sleep(float(sys.argv[1]))
     path = atomic_write_json(out / "metrics.json", {"mIoU": 0.9})
-    return {"metrics_json": str(path)}, {"mIoU": 0.9}
+    return EngineResult(str(out), {"metrics_json": str(path)}, {"mIoU": 0.9})
 
 runner.run_direct = slow
 sys.exit(runner.main(sys.argv[2], sys.argv[3:]))

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 import mal_core.skill.runner as runner
+from mal_core.config.resolved import ResolvedSpec
+from mal_core.engine.result import EngineResult
 from mal_core.skill.testing import last_json_line, minimal_coco
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,10 +146,10 @@ def test_bad_checkpoint_paths_and_settings_exit_2_before_anything_runs(
 
 def test_preflight_failure_on_a_rerun_leaves_the_job_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    def engine(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[dict, dict]:
-        ckpt = Path(tree["results_dir"]) / "model_epoch_000_step_00001.pth"
+    def engine(action: str, spec: ResolvedSpec) -> EngineResult:
+        ckpt = Path(spec.tree["results_dir"]) / "model_epoch_000_step_00001.pth"
         ckpt.write_bytes(b"weights")
-        return {"checkpoints": [str(ckpt)]}, {"mIoU": 0.5}
+        return EngineResult(spec.tree["results_dir"], {"checkpoints": [str(ckpt)]}, {"mIoU": 0.5})
 
     def snapshot() -> dict[str, bytes]:
         job = tmp_path / "jobs" / "j1"

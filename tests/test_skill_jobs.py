@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mal_core.config.skill_info import load_skill_info
+from mal_core.engine.result import EngineResult
 from mal_core.skill.jobs import Job, JobError, read_job
 from mal_core.skill.mappings import apply_mappings
 from mal_core.skill.parents import ParentError, resolve_parent
@@ -231,9 +232,9 @@ def test_engine_warnings_reach_the_result_json(tmp_path: Path, capsys: pytest.Ca
 
     collapse = "collapse: predicted masks fill 97% of their boxes on validation (masks are boxes); lower train.lr"
 
-    def fake_train(cfg: object) -> dict:
-        return {"results_dir": str(tmp_path / "w"), "checkpoints": [], "latest_checkpoint": None,
-                "metrics": {"mIoU": 0.5}, "warnings": [collapse]}
+    def fake_train(cfg: object, explicit_keys: object = None) -> EngineResult:
+        return EngineResult(str(tmp_path / "w"), {"checkpoints": [], "latest_checkpoint": None}, {"mIoU": 0.5},
+                            warnings=[collapse])
 
     monkeypatch.setattr(train_engine, "run_train", fake_train)
     d = _data(tmp_path)

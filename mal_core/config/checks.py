@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from mal_core.config.actions import action_decl
 from mal_core.config.experiment import ExperimentConfig, ModelConfig
-from mal_core.config.loader import get_dotted
+from mal_core.config.loader import get_dotted, get_field
 from mal_core.errors import SpecError
-
-ACTIONS = ("train", "evaluate", "inference", "export")
 
 
 def _need(value: str | None, key: str, what: str) -> None:
@@ -17,11 +16,24 @@ def _need(value: str | None, key: str, what: str) -> None:
         raise SpecError(f"{key} is required for this action ({what})", field=key)
 
 
-def check_for_action(cfg: ExperimentConfig, action: str) -> None:
-    """Raise :class:`SpecError` naming the field if ``cfg`` cannot run ``action``."""
-    if action not in ACTIONS:
-        raise SpecError(f"unknown action {action!r}; expected one of {ACTIONS}", field="action")
-    d, t = cfg.dataset, cfg.train
+def _check_train(cfg: ExperimentConfig) -> None:
+    d = cfg.dataset
+    if bool(d.val_ann_path) != bool(d.val_img_dir):
+        raise SpecError("dataset.val_ann_path and dataset.val_img_dir must be given together",
+                        field="dataset.val_ann_path" if not d.val_ann_path else "dataset.val_img_dir")
+
+
+def _check_export(cfg: ExperimentConfig) -> None:
+    if cfg.export.batch_size == 0:
+        raise SpecError("export.batch_size must be -1 (dynamic) or a positive batch size", field="export.batch_size")
+
+
+#: Checks beyond the table's required keys, by config section (sections without any are absent).
+SECTION_CHECKS: dict[str, Callable[[ExperimentConfig], None]] = {"train": _check_train, "export": _check_export}
+
+
+def _check_common(cfg: ExperimentConfig) -> None:
+    t = cfg.train
     if len(t.margin_rate) != 2 or t.margin_rate[0] > t.margin_rate[1] or t.margin_rate[0] < 0:
         raise SpecError("train.margin_rate must be [low, high] with 0 <= low <= high", field="train.margin_rate")
     if not t.test_margin_rate or t.test_margin_rate[0] < 0:
@@ -36,31 +48,19 @@ def check_for_action(cfg: ExperimentConfig, action: str) -> None:
         raise SpecError("train.optim_betas must be two numbers in [0, 1)", field="train.optim_betas")
     if len(cfg.model.frozen_stages) not in (1, 2):
         raise SpecError("model.frozen_stages must be [-1] or [first, last]", field="model.frozen_stages")
-    if not (cfg.results_dir or (action == "train" and t.results_dir)):
+
+
+def check_for_action(cfg: ExperimentConfig, action: str) -> None:
+    """Raise :class:`SpecError` naming the field if ``cfg`` cannot run ``action``."""
+    decl = action_decl(action)
+    _check_common(cfg)
+    if not (cfg.results_dir or (decl.own_results_dir_suffices and get_field(cfg, decl.results_key))):
         _need(cfg.results_dir, "results_dir", "where outputs are written")
-    if action == "train":
-        _need(d.train_ann_path, "dataset.train_ann_path", "COCO JSON of the training boxes")
-        _need(d.train_img_dir, "dataset.train_img_dir", "training image folder")
-        if bool(d.val_ann_path) != bool(d.val_img_dir):
-            raise SpecError("dataset.val_ann_path and dataset.val_img_dir must be given together",
-                            field="dataset.val_ann_path" if not d.val_ann_path else "dataset.val_img_dir")
-    elif action == "evaluate":
-        _need(cfg.evaluate.checkpoint, "evaluate.checkpoint", "the MAL checkpoint to score")
-        _need(d.val_ann_path, "dataset.val_ann_path", "COCO JSON with GT masks")
-        _need(d.val_img_dir, "dataset.val_img_dir", "validation image folder")
-    elif action == "inference":
-        _need(cfg.inference.checkpoint, "inference.checkpoint", "the MAL checkpoint or ONNX file to label with")
-        _need(cfg.inference.ann_path, "inference.ann_path", "COCO JSON of the boxes to label")
-        _need(cfg.inference.img_dir, "inference.img_dir", "image folder")
-        _need(cfg.inference.label_dump_path, "inference.label_dump_path", "output file name")
-    elif action == "export":
-        _need(cfg.export.checkpoint, "export.checkpoint", "the MAL checkpoint to export")
-        _need(cfg.export.onnx_file, "export.onnx_file", "output file name")
-        if cfg.export.batch_size == 0:
-            raise SpecError("export.batch_size must be -1 (dynamic) or a positive batch size",
-                            field="export.batch_size")
-    else:  # unreachable while ACTIONS lists every branch above
-        raise SpecError(f"no spec checks declared for action {action!r}", field="action")
+    for need in decl.required:
+        _need(get_field(cfg, need.key), need.key, need.what)
+    check = SECTION_CHECKS.get(decl.section)
+    if check is not None:
+        check(cfg)
 
 
 def clamp_for_action(cfg: ExperimentConfig, action: str) -> list[str]:

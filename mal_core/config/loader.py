@@ -139,6 +139,13 @@ def get_dotted(tree: Mapping[str, Any], key: str) -> Any:
     return node
 
 
+def get_field(cfg: Any, key: str) -> Any:
+    """Value of a dotted key of a config object (attribute access: ``get_field(cfg, "train.lr")``)."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """Set a dotted key in a nested dict, creating sections; a non-section in the way is a :class:`SpecError`."""
     parts = key.split(".")

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from mal_core import __version__
-from mal_core.config.checks import ACTIONS as CHECKED_ACTIONS
+from mal_core.config.actions import ACTIONS as ACTION_TABLE
+from mal_core.config.io_specs import DataSource, FrozenModel, InputSpec, OutputSpec
 from mal_core.config.loader import leaf_fields
 from mal_core.errors import MalError
 
@@ -40,11 +41,8 @@ __all__ = [
     "load_skill_info",
 ]
 
-#: Actions the skill exposes, in the order tables list them.
-ACTIONS: tuple[str, ...] = CHECKED_ACTIONS
-
-DataSourceName = Literal["train_datasets", "eval_dataset", "inference_dataset"]
-DataFile = Literal["images.tar.gz", "annotations.json"]
+#: Actions the skill exposes, in the order tables list them (the keys of the action table).
+ACTIONS: tuple[str, ...] = tuple(ACTION_TABLE)
 
 
 class SkillInfoError(MalError):
@@ -53,18 +51,14 @@ class SkillInfoError(MalError):
     code = "invalid_skill_info"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Metric(_Model):
+class Metric(FrozenModel):
     """A metric and the direction that counts as better."""
 
     name: str
     mode: Literal["max", "min"]
 
 
-class Metrics(_Model):
+class Metrics(FrozenModel):
     """Metrics the evaluate action reports and the one AutoML optimises."""
 
     monitoring_metric: Metric
@@ -72,23 +66,7 @@ class Metrics(_Model):
     source: str = Field(description="where the runtime reads the metric from")
 
 
-class InputSpec(_Model):
-    """A spec key that points at something the action reads."""
-
-    type: Literal["file", "folder", "path"] = Field(description="path = a file or a folder")
-    optional: bool = False
-    description: str = ""
-
-
-class OutputSpec(_Model):
-    """A spec key that points at something the action writes."""
-
-    type: Literal["file", "folder"]
-    description: str = ""
-    files: list[str] = Field(default_factory=list, description="file names (patterns) written inside the folder")
-
-
-class ActionInfo(_Model):
+class ActionInfo(FrozenModel):
     """How to run one action and what it reads and writes."""
 
     command: str
@@ -101,17 +79,7 @@ class ActionInfo(_Model):
     upload_excludes: list[str] = Field(default_factory=list)
 
 
-class DataSource(_Model):
-    """Where the value of a data-source spec key comes from."""
-
-    source: DataSourceName
-    path: DataFile
-    runtime: Literal["extracted_folder", "file"]
-    list: bool = False
-    optional: bool = False
-
-
-class MultiGpu(_Model):
+class MultiGpu(FrozenModel):
     """How multi-device and multi-node training is launched."""
 
     launch: str
@@ -122,7 +90,7 @@ class MultiGpu(_Model):
     multi_node_env: list[str]
 
 
-class Hardware(_Model):
+class Hardware(FrozenModel):
     """Hardware needs of the default configuration."""
 
     min_gpus: int
@@ -134,7 +102,7 @@ class Hardware(_Model):
     notes: list[str]
 
 
-class ErrorPattern(_Model):
+class ErrorPattern(FrozenModel):
     """A known failure, how to recognise it and how to fix it."""
 
     name: str
@@ -143,7 +111,7 @@ class ErrorPattern(_Model):
     spec_keys: list[str]
 
 
-class AutomlInfo(_Model):
+class AutomlInfo(FrozenModel):
     """Model-level AutoML facts (the per-run ``automl_policy`` override lives in the request, not here)."""
 
     backend: str
@@ -154,7 +122,7 @@ class AutomlInfo(_Model):
     not_runnable_message: str
 
 
-class SkillInfo(_Model):
+class SkillInfo(FrozenModel):
     """Content of ``references/skill_info.yaml``."""
 
     name: str
@@ -248,16 +216,6 @@ def _action(action: str, inputs: dict[str, InputSpec], outputs: dict[str, Output
     )
 
 
-def _images(source: DataSourceName, optional: bool = False) -> DataSource:
-    return DataSource(source=source, path="images.tar.gz", runtime="extracted_folder", optional=optional)
-
-
-def _annotations(source: DataSourceName, optional: bool = False) -> DataSource:
-    return DataSource(source=source, path="annotations.json", runtime="file", optional=optional)
-
-
-_RESULTS = "every output of the action"
-
 SKILL_INFO = SkillInfo(
     name="mal",
     skill_name="mal-mask-auto-label",
@@ -279,108 +237,9 @@ SKILL_INFO = SkillInfo(
         available_metrics=["mIoU", "mIoU_small", "mIoU_medium", "mIoU_large"],
         source="metrics.json written by evaluate in results_dir",
     ),
-    actions={
-        "train": _action(
-            "train",
-            inputs={
-                "dataset.train_img_dir": InputSpec(type="folder", description="training images"),
-                "dataset.train_ann_path": InputSpec(type="file", description="COCO JSON with the training boxes"),
-                "dataset.val_img_dir": InputSpec(type="folder", optional=True, description="validation images"),
-                "dataset.val_ann_path": InputSpec(
-                    type="file", optional=True, description="COCO JSON with validation boxes and GT masks"
-                ),
-                "train.pretrained_model_path": InputSpec(
-                    type="path", optional=True, description="ViT-MAE weights (Hugging Face folder or .pth)"
-                ),
-                "train.resume_training_checkpoint_path": InputSpec(
-                    type="file", optional=True, description="MAL checkpoint to resume from"
-                ),
-            },
-            outputs={
-                "results_dir": OutputSpec(
-                    type="folder",
-                    description=f"{_RESULTS}; checkpoints go to train.results_dir when that is set",
-                    files=["model_epoch_<EEE>_step_<SSSSS>.pth", "mal_model_latest.pth"],
-                ),
-            },
-        ),
-        "evaluate": _action(
-            "evaluate",
-            inputs={
-                "dataset.val_img_dir": InputSpec(type="folder", description="validation images"),
-                "dataset.val_ann_path": InputSpec(type="file", description="COCO JSON with boxes and GT masks"),
-                "evaluate.checkpoint": InputSpec(type="file", description="MAL checkpoint (.pth) to score"),
-            },
-            outputs={
-                "results_dir": OutputSpec(type="folder", description=_RESULTS, files=["metrics.json"]),
-            },
-        ),
-        "inference": _action(
-            "inference",
-            inputs={
-                "inference.img_dir": InputSpec(type="folder", description="images of the boxes to label"),
-                "inference.ann_path": InputSpec(type="file", description="COCO JSON whose boxes get masks"),
-                "inference.checkpoint": InputSpec(
-                    type="file", description="MAL checkpoint (.pth) or exported ONNX file to label with"
-                ),
-            },
-            outputs={
-                "results_dir": OutputSpec(type="folder", description=_RESULTS),
-                "inference.label_dump_path": OutputSpec(
-                    type="file", description="COCO JSON with masks, relative to results_dir"
-                ),
-            },
-        ),
-        "export": _action(
-            "export",
-            inputs={
-                "export.checkpoint": InputSpec(type="file", description="MAL checkpoint (.pth) to export"),
-            },
-            outputs={
-                "results_dir": OutputSpec(type="folder", description=_RESULTS),
-                "export.onnx_file": OutputSpec(
-                    type="file", description="ONNX model (student and teacher logits), relative to results_dir"
-                ),
-            },
-        ),
-    },
-    data_sources={
-        "train": {
-            "dataset.train_img_dir": _images("train_datasets"),
-            "dataset.train_ann_path": _annotations("train_datasets"),
-            "dataset.val_img_dir": _images("eval_dataset", optional=True),
-            "dataset.val_ann_path": _annotations("eval_dataset", optional=True),
-        },
-        "evaluate": {
-            "dataset.val_img_dir": _images("eval_dataset"),
-            "dataset.val_ann_path": _annotations("eval_dataset"),
-        },
-        "inference": {
-            "inference.img_dir": _images("inference_dataset"),
-            "inference.ann_path": _annotations("inference_dataset"),
-        },
-        "export": {},
-    },
-    spec_params={
-        "train": {
-            "results_dir": "output_dir",
-            "train.resume_training_checkpoint_path": "resume_model",
-            "train.pretrained_model_path": "ptm_if_no_resume_model",
-        },
-        "evaluate": {
-            "results_dir": "output_dir",
-            "evaluate.checkpoint": "parent_model",
-        },
-        "inference": {
-            "results_dir": "output_dir",
-            "inference.checkpoint": "parent_model",
-            "inference.label_dump_path": "create_inference_result_file_mal",
-        },
-        "export": {
-            "results_dir": "output_dir",
-            "export.checkpoint": "parent_model",
-        },
-    },
+    actions={n: _action(n, dict(d.inputs), dict(d.outputs)) for n, d in ACTION_TABLE.items()},
+    data_sources={n: dict(d.data_sources) for n, d in ACTION_TABLE.items()},
+    spec_params={n: dict(d.spec_params) for n, d in ACTION_TABLE.items()},
     spec_param_functions={
         "output_dir": "current job results directory",
         "parent_model": "model file inferred from the parent job results folder",
@@ -414,18 +273,7 @@ SKILL_INFO = SkillInfo(
         "validation_interval": "train.validation_interval",
     },
     spec_templates={action: f"references/spec_template_{action}.yaml" for action in ACTIONS},
-    example_spec_overrides={
-        "train": {
-            "train.num_gpus": 1,
-            "train.gpu_ids": [0],
-            "train.num_epochs": 5,
-            "train.checkpoint_interval": 5,
-            "train.validation_interval": 5,
-        },
-        "evaluate": {},
-        "inference": {},
-        "export": {},
-    },
+    example_spec_overrides={n: dict(d.example_overrides) for n, d in ACTION_TABLE.items()},
     multi_gpu=MultiGpu(
         launch="Lightning-managed (a single python process; Lightning spawns one worker per device)",
         strategy="ddp_find_unused_parameters_true",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
+from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.data.datamodule import MALDataModule, load_eval_coco
 from mal_core.engine.restore import restore_module
+from mal_core.engine.result import EngineResult
 from mal_core.engine.trainer import build_trainer, device_settings
 from mal_core.errors import DataError
 from mal_core.utils.io import atomic_write_json
@@ -16,13 +17,13 @@ from mal_core.utils.io import atomic_write_json
 METRICS_FILE = "metrics.json"
 
 
-def run_evaluate(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> dict[str, Any]:
+def run_evaluate(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> EngineResult:
     """Evaluate ``evaluate.checkpoint`` on ``dataset.val_*``; returns and writes mIoU (+ size buckets)."""
     t0 = time.time()
     e = cfg.evaluate
     if not cfg.dataset.load_mask:
         raise DataError("evaluate needs ground-truth masks: set dataset.load_mask to true", field="dataset.load_mask")
-    results_dir = Path(e.results_dir or cfg.results_dir)
+    results_dir = Path(ACTIONS["evaluate"].results_dir(cfg))
     coco = load_eval_coco(cfg.dataset.val_ann_path, cfg.dataset.val_img_dir, load_mask=True)
     test_mode = {"use_teacher": e.use_teacher_test, "use_mixed": e.use_mixed_model_test, "use_flip": e.use_flip_test}
     module, merged = restore_module(cfg, e.checkpoint, "evaluate.checkpoint", explicit_keys or set(),
@@ -37,9 +38,8 @@ def run_evaluate(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -
         from mal_core.engine.clustering import clustering_score
 
         metrics["cluster_score"] = clustering_score(module, dm.val_dataloader())
-    out = {"action": "evaluate", "checkpoint": str(e.checkpoint), "results_dir": str(results_dir),
-           "metrics": metrics, "num_instances": len(coco.instances), "seconds": round(time.time() - t0, 2)}
     if trainer.is_global_zero:
         atomic_write_json(results_dir / METRICS_FILE, {"checkpoint": str(e.checkpoint), **metrics})
-    out["metrics_file"] = str(results_dir / METRICS_FILE)
-    return out
+    return EngineResult(results_dir=str(results_dir), metrics=metrics,
+                        artifacts={"metrics_json": str(results_dir / METRICS_FILE), "checkpoint": str(e.checkpoint)},
+                        details={"num_instances": len(coco.instances), "seconds": round(time.time() - t0, 2)})

@@ -14,10 +14,10 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.engine.checkpoints import load_mal_checkpoint
@@ -34,6 +34,7 @@ from mal_core.engine.onnx_model import (
     run_session,
 )
 from mal_core.engine.restore import restore_module
+from mal_core.engine.result import EngineResult
 from mal_core.errors import CheckpointError
 from mal_core.utils.io import atomic_write
 
@@ -81,7 +82,7 @@ def max_abs_diff(pair: TraceablePair, path: Path, crop_size: int, batch_size: in
     return max(float((torch.from_numpy(g) - r).abs().max()) for g, r in zip(got, ref, strict=True))
 
 
-def run_export(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> dict[str, Any]:
+def run_export(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> EngineResult:
     """Export ``export.checkpoint`` to ONNX; returns the file, the check results and the logit difference."""
     t0 = time.time()
     ex = cfg.export
@@ -92,7 +93,7 @@ def run_export(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> 
     module, merged = restore_module(cfg, ex.checkpoint, "export.checkpoint", explicit_keys or set(), categories, {})
     crop = merged.dataset.crop_size
     pair = TraceablePair(module.model.cpu().eval(), crop).eval()
-    results_dir = Path(ex.results_dir or cfg.results_dir)
+    results_dir = Path(ACTIONS["export"].results_dir(cfg))
     results_dir.mkdir(parents=True, exist_ok=True)
     out_path = results_dir / ex.onnx_file
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,8 @@ def run_export(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> 
     log.info("exported %s to %s; max |onnxruntime - pytorch| logit difference %.3g", ex.checkpoint, out_path, diff)
     if not diff <= MAX_ABS_DIFF:
         raise RuntimeError(f"onnxruntime logits differ from PyTorch by {diff:.3g} (> {MAX_ABS_DIFF}) for {out_path}")
-    return {"action": "export", "checkpoint": str(ex.checkpoint), "results_dir": str(results_dir),
-            "onnx_file": str(out_path), "metrics": {"max_abs_logit_diff": diff},
-            "opset_version": ex.opset_version, "dynamic_batch": ex.batch_size <= 0,
-            "onnx_checker": "passed", "seconds": round(time.time() - t0, 2)}
+    return EngineResult(
+        results_dir=str(results_dir), metrics={"max_abs_logit_diff": diff},
+        artifacts={"onnx_file": str(out_path), "checkpoint": str(ex.checkpoint), "opset_version": ex.opset_version,
+                   "dynamic_batch": ex.batch_size <= 0, "onnx_checker": "passed"},
+        details={"seconds": round(time.time() - t0, 2)})

@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 
+from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.data.coco import CocoDataset, encode_rle
 from mal_core.data.datamodule import MALDataModule, load_eval_coco
 from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.restore import restore_module
+from mal_core.engine.result import EngineResult
 from mal_core.engine.trainer import build_trainer, device_settings
 from mal_core.utils.io import atomic_write_json
 
@@ -51,11 +53,12 @@ def _records(coco: CocoDataset, predictions: list[dict[str, Any]]) -> dict[int, 
     return out
 
 
-def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> dict[str, Any]:
-    """Label ``inference.ann_path`` with ``inference.checkpoint``; returns output paths and counts."""
+def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> EngineResult:
+    """Label ``inference.ann_path`` with ``inference.checkpoint``; returns output paths, counts and (with GT masks)
+    the labels' mIoU."""
     t0 = time.time()
     inf = cfg.inference
-    results_dir = Path(inf.results_dir or cfg.results_dir)
+    results_dir = Path(ACTIONS["inference"].results_dir(cfg))
     coco = load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask)
     test_mode = {"use_teacher": inf.use_teacher_test, "use_mixed": inf.use_mixed_model_test,
                  "use_flip": inf.use_flip_test}
@@ -82,31 +85,32 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) 
                     records[ann["id"]] = ann
                 p.unlink()
         trainer.strategy.barrier()
-    result: dict[str, Any] = {"action": "inference", "checkpoint": str(inf.checkpoint),
-                              "results_dir": str(results_dir), "label_file": str(out_path)}
+    artifacts: dict[str, Any] = {"label_dump": str(out_path), "checkpoint": str(inf.checkpoint), "num_labelled": None}
+    result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
     if rank != 0:
         return result
     ordered = [records[i.ann_id] for i in coco.instances if i.ann_id in records]
     labelled = dict(coco.raw)
     labelled["annotations"] = coco.labelled_annotations(records)  # crowd regions pass through unchanged
     atomic_write_json(out_path, labelled, indent=None)
-    result.update(num_labelled=len(ordered), num_input_annotations=len(coco.raw["annotations"]),
-                  seconds=round(time.time() - t0, 2))
+    artifacts["num_labelled"] = len(ordered)
+    result.details.update(num_input_annotations=len(coco.raw["annotations"]), seconds=round(time.time() - t0, 2))
     if inf.load_mask and ordered:
         metric = MaskMIoU(coco.num_categories, sync_on_compute=False)  # rank 0 holds every label already
         idx = {i.ann_id: i for i in coco.instances}
         metric.update(torch.tensor([a["iou"] for a in ordered]),
                       torch.tensor([idx[a["id"]].category_index for a in ordered]),
                       torch.tensor([idx[a["id"]].box_area for a in ordered]))
-        result["metrics"] = metric.compute()
+        result.metrics = dict(metric.compute())
     if inf.save_overlays:
         from mal_core.engine.overlays import write_overlays
 
-        result["overlay_dir"] = str(write_overlays(coco, ordered, results_dir / "overlays", inf.max_overlays))
+        artifacts["overlays"] = str(write_overlays(coco, ordered, results_dir / "overlays", inf.max_overlays))
     if inf.review_page and ordered:
         from mal_core.engine.review import REVIEW_DIR, write_review_page
 
-        result["review_page"] = str(write_review_page(coco, ordered, results_dir / REVIEW_DIR, inf.max_review_items,
-                                                      title=f"Mask review: {Path(inf.ann_path).name}"))
+        artifacts["review_page"] = str(write_review_page(coco, ordered, results_dir / REVIEW_DIR,
+                                                         inf.max_review_items,
+                                                         title=f"Mask review: {Path(inf.ann_path).name}"))
     log.info("wrote %d labelled annotations to %s", len(ordered), out_path)
     return result

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from mal_core.config.actions import ACTIONS
 from mal_core.config.checks import clamp_for_action
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import dump_spec
@@ -22,19 +23,14 @@ from mal_core.engine.checkpoints import (
     load_mal_checkpoint,
 )
 from mal_core.engine.module import MALModule
+from mal_core.engine.result import EngineResult
 from mal_core.engine.trainer import build_trainer, device_settings
 from mal_core.errors import CheckpointError, DataError
 from mal_core.model.build import build_network
 from mal_core.model.weights import load_pretrained
+from mal_core.skill.parents import HISTORY_FILE, read_history, resolve_parent_in_folder
 
 log = logging.getLogger(__name__)
-
-HISTORY_FILE = "validation_history.jsonl"
-
-
-def train_results_dir(cfg: ExperimentConfig) -> Path:
-    """Where training writes: ``train.results_dir`` if set, else the top-level ``results_dir``."""
-    return Path(cfg.train.results_dir or cfg.results_dir)
 
 
 def _resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
@@ -51,8 +47,10 @@ def _resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
     return path
 
 
-def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
-    """Train MAL per ``cfg``; returns results_dir, checkpoints, validation metrics, warnings and timing.
+def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
+              callbacks: list[pl.Callback] | None = None) -> EngineResult:
+    """Train MAL per ``cfg``; returns the checkpoints, validation metrics, warnings and timing (``explicit_keys``
+    is unused: training takes every setting from ``cfg``).
 
     A warmup not below the epoch count is clamped (see :func:`clamp_for_action`); the final epoch always writes a
     checkpoint, whatever ``train.checkpoint_interval``.
@@ -62,7 +60,7 @@ def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None)
     warnings = clamp_for_action(cfg, "train")
     for warning in warnings:
         log.warning("%s", warning)
-    results_dir = train_results_dir(cfg)
+    results_dir = Path(ACTIONS["train"].results_dir(cfg))
     train_coco = load_train_coco(cfg)
     if not train_coco.instances and train_coco.num_crowd and not train_coco.num_filtered:
         raise DataError(f"every annotation of {cfg.dataset.train_ann_path} is a crowd region (iscrowd); crowd "
@@ -97,17 +95,33 @@ def run_train(cfg: ExperimentConfig, callbacks: list[pl.Callback] | None = None)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
     ckpts = [str(p) for _, _, p in list_checkpoints(results_dir)]
     latest = results_dir / f"{LATEST_NAME}.pth"
-    return {
-        "action": "train",
-        "results_dir": str(results_dir),
-        "checkpoints": ckpts,
-        "latest_checkpoint": str(latest) if latest.exists() else (ckpts[-1] if ckpts else None),
-        "metrics": module.last_metrics,
-        "validation_history": str(results_dir / HISTORY_FILE) if (results_dir / HISTORY_FILE).exists() else None,
-        "num_train_instances": len(train_coco.instances),
-        "num_val_instances": len(val_coco.instances) if val_coco else 0,
-        "resumed_from": str(resume) if resume else None,
-        "warnings": warnings + module.warnings,  # spec clamps, then collapse checks of the last validation
-        "pretrained": init_report.summary() if init_report else None,
-        "seconds": round(time.time() - t0, 2),
-    }
+    history = results_dir / HISTORY_FILE
+    artifacts = {"checkpoints": ckpts,
+                 "latest_checkpoint": str(latest) if latest.exists() else (ckpts[-1] if ckpts else None),
+                 "best_checkpoint": resolve_parent_in_folder(results_dir),
+                 "validation_history": str(history) if history.exists() else None,
+                 "resumed_from": str(resume) if resume else None}
+    return EngineResult(
+        results_dir=str(results_dir), artifacts=artifacts,
+        metrics=_reported_metrics(module.last_metrics, artifacts, results_dir),
+        warnings=warnings + module.warnings,  # spec clamps, then collapse checks of the last validation
+        details={"num_train_instances": len(train_coco.instances),
+                 "num_val_instances": len(val_coco.instances) if val_coco else 0,
+                 "pretrained": init_report.summary() if init_report else None,
+                 "seconds": round(time.time() - t0, 2)},
+    )
+
+
+def _reported_metrics(metrics: dict[str, float], artifacts: dict[str, Any], results_dir: Path) -> dict[str, Any]:
+    """The run's validation metrics; a resumed run that validated nothing (the job had already reached
+    ``train.num_epochs``) reports the last recorded validation instead of ``{}`` and says so in
+    ``artifacts["metrics_from"]``."""
+    if metrics or not artifacts["resumed_from"]:
+        return dict(metrics)
+    history = read_history(results_dir)
+    if not history:
+        return {}
+    last = history[-1]
+    artifacts["metrics_from"] = (f"{HISTORY_FILE}, epoch {last.get('epoch')}: nothing was left to train "
+                                 "(raise train.num_epochs to train further)")
+    return {k: v for k, v in last.items() if k not in ("epoch", "step")}

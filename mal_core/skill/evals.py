@@ -138,7 +138,7 @@ def _subst(obj: Any, places: dict[str, str]) -> Any:
 
 def load_evals(path: Path) -> dict[str, Any]:
     """Read and check ``evals.json``; :class:`EvalsError` naming the file and the bad case/key."""
-    from mal_core.config.checks import ACTIONS
+    from mal_core.config.actions import ACTIONS
 
     if not path.is_file():
         raise EvalsError(f"evals file {str(path)!r} does not exist", field="evals")

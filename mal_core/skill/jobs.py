@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mal_core.config.actions import action_decl
 from mal_core.errors import MalError
 from mal_core.utils.io import atomic_write_json
 
@@ -35,8 +36,6 @@ LOCK_FILE = "job.lock"
 PREVIOUS_DIR = "previous_attempts"
 #: Names at the top of a job folder that belong to the job, not to one attempt.
 JOB_OWN_NAMES = (JOB_FILE, LOCK_FILE, PREVIOUS_DIR)
-#: Actions whose earlier outputs are moved aside on a re-run (train resumes from its own files instead).
-ARCHIVED_ACTIONS = ("evaluate", "inference", "export")
 STATES = ("pending", "running", "success", "failure")
 TERMINAL = ("success", "failure")
 _TRANSITIONS = {"pending": {"running", "failure"}, "running": {"success", "failure"},
@@ -280,7 +279,8 @@ class Job:
             if old.get("action") != action:
                 raise JobError(f"job {job_id!r} exists and ran action {old.get('action')!r}, not {action!r}",
                                field="job_id", hint="pick another --job-id")
-            previous = archive_attempt(job_dir, old, move_files=action in ARCHIVED_ACTIONS)
+            # an action that resumes (train) continues from its own files; others move the last attempt's aside
+            previous = archive_attempt(job_dir, old, move_files=not action_decl(action).resumes)
             old.setdefault("previous_attempts", []).append(previous)
             old["attempts"] = int(old.get("attempts") or 1) + 1
             old["parent_id"] = parent_id or old.get("parent_id")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mal_core.checkpoint_files import list_checkpoints
+from mal_core.config.actions import action_decl
 from mal_core.config.loader import get_dotted, set_dotted
 from mal_core.config.skill_info import SkillInfo
 from mal_core.errors import MalError
@@ -35,7 +36,7 @@ def apply_mappings(info: SkillInfo, action: str, tree: dict[str, Any], explicit:
 
     def label_file() -> tuple[Any, str]:
         # the label file goes where the action writes: inference.results_dir, else results_dir (set just before)
-        out_dir = get_dotted(tree, "inference.results_dir") or tree.get("results_dir") or results_dir
+        out_dir = action_decl(action).results_dir(tree) or results_dir
         return str(Path(out_dir) / INFERENCE_FILE), "inference JSON in the results folder"
 
     functions: dict[str, Callable[[], tuple[Any, str]]] = {

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mal_core.checkpoint_files import list_checkpoints
+from mal_core.config.actions import ACTIONS, ActionDecl
 from mal_core.errors import MalError
 from mal_core.skill.jobs import check_job_id, read_job
 
@@ -124,25 +125,36 @@ def parse_method(text: str | None) -> tuple[str, int | None, str | None]:
     return "file", None, text
 
 
-def _export_parent(folder: Path, record: dict[str, Any], parent_id: str) -> ParentCheckpoint:
-    """The ONNX file an export job wrote (its recorded artifact, else the one ``.onnx`` in its folder)."""
-    recorded = (record.get("artifacts") or {}).get("onnx_file")
-    found = [Path(recorded)] if recorded and Path(recorded).is_file() else sorted(folder.glob("*.onnx"))
+def _artifact_parent(folder: Path, record: dict[str, Any], parent_id: str, decl: ActionDecl) -> ParentCheckpoint:
+    """The file or folder a job of ``decl`` hands on (its recorded artifact, else the one entry of its folder that
+    matches the declared pattern, e.g. an export job's ``.onnx`` file)."""
+    assert decl.hands_on is not None
+    recorded = (record.get("artifacts") or {}).get(decl.hands_on.artifact)
+    found = [Path(recorded)] if recorded and Path(recorded).exists() else sorted(folder.glob(decl.hands_on.pattern))
     if len(found) != 1:
-        raise ParentError(f"export job {parent_id!r} has {'no' if not found else 'more than one'} .onnx file in "
-                          f"{folder}", field="parent_job_id", hint="run the export job (again) first")
-    return ParentCheckpoint(job_id=parent_id, path=str(found[0].resolve()), method="export", epoch=None, step=None,
+        raise ParentError(f"{decl.name} job {parent_id!r} has {'no' if not found else 'more than one'} "
+                          f"{decl.hands_on.pattern} in {folder}", field="parent_job_id",
+                          hint=f"run the {decl.name} job (again) first")
+    return ParentCheckpoint(job_id=parent_id, path=str(found[0].resolve()), method=decl.name, epoch=None, step=None,
                             metric=None, lookup_dir=str(folder))
+
+
+def _artifact_producer(record: dict[str, Any] | None) -> ActionDecl | None:
+    """The declaration of the parent's action when that job hands on a named artifact (not checkpoints)."""
+    decl = ACTIONS.get(str(record.get("action"))) if record is not None else None
+    return decl if decl is not None and decl.hands_on is not None and decl.hands_on.artifact else None
 
 
 def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None,
                    parent_actions: tuple[str, ...] = ("train",)) -> ParentCheckpoint:
-    """Pick one checkpoint of job ``parent_id`` (an ONNX file for an export parent, where ``parent_actions``
-    allows one); :class:`ParentError` when there is none."""
+    """Pick one checkpoint of job ``parent_id`` (for a parent whose action hands on a named artifact, where
+    ``parent_actions`` allows one, that artifact: e.g. an export job's ONNX file); :class:`ParentError` when there
+    is none."""
     method, epoch, name = parse_method(choose)
     folder, record, trial = lookup_folder(jobs_root, parent_id, parent_actions)
-    if record is not None and record.get("action") == "export":
-        return _export_parent(folder, record, parent_id)
+    producer = _artifact_producer(record)
+    if producer is not None and record is not None:
+        return _artifact_parent(folder, record, parent_id, producer)
     base = {"job_id": parent_id, "lookup_dir": str(folder), "trial_id": trial}
     if method == "file":
         path = folder / str(name)
@@ -175,10 +187,13 @@ def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None,
 
 
 def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:
-    """The resolved spec the parent trained with (its ``spec.yaml``), for a torch-free model-setting check."""
+    """The resolved spec the parent trained with (its ``spec.yaml``), for a torch-free model-setting check; None for
+    a parent whose action hands on a named artifact (its spec did not train the model)."""
     import yaml
 
-    folder, _record, _trial = lookup_folder(jobs_root, parent_id, ("train", "export"))
+    folder, record, _trial = lookup_folder(jobs_root, parent_id, tuple(ACTIONS))
+    if _artifact_producer(record) is not None:
+        return None
     for path in (folder / "train_spec.yaml", jobs_root / parent_id / "spec.yaml"):
         if path.is_file():
             data = yaml.safe_load(path.read_text())

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from mal_core.config.actions import action_decl
 from mal_core.config.skill_info import SkillInfo
 from mal_core.errors import MalError
 
@@ -114,7 +115,7 @@ def automl_runnable(skill_root: Path) -> tuple[bool, str]:
 def decide_route(action: str, decision: PolicyDecision, info: SkillInfo, skill_root: Path) -> Route:
     """Pick the route for ``action``; raise :class:`PolicyError` when ``on`` cannot be honoured."""
     base = {"action": action, "automl_policy": decision.policy, "policy_source": decision.source}
-    if action != "train":
+    if not action_decl(action).automl:
         return Route(route="direct", reason=f"{action} always runs directly ({decision.reason})",
                      automl_runnable=False, **base)
     if decision.policy == "off":

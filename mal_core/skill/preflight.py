@@ -16,25 +16,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mal_core.config.loader import get_dotted, set_dotted
+from mal_core.config.actions import ActionDecl, action_decl
+from mal_core.config.experiment import ExperimentConfig
+from mal_core.config.loader import get_dotted, get_field, set_dotted
+from mal_core.config.resolved import ResolvedSpec
 from mal_core.errors import CheckpointError, DataError, SpecError
 from mal_core.skill.jobs import JOB_OWN_NAMES, LOG_DIR, SPEC_FILE
 
-#: The per-action results folder key (it wins over ``results_dir`` for what the action writes).
-ACTION_RESULTS_KEY = {"train": "train.results_dir", "evaluate": "evaluate.results_dir",
-                      "inference": "inference.results_dir", "export": "export.results_dir"}
-#: Spec keys an action reads (files or folders); outputs may not overwrite or go inside them.
-INPUT_KEYS = {
-    "train": ("dataset.train_ann_path", "dataset.train_img_dir", "dataset.val_ann_path", "dataset.val_img_dir",
-              "train.pretrained_model_path", "train.resume_training_checkpoint_path"),
-    "evaluate": ("dataset.val_ann_path", "dataset.val_img_dir", "evaluate.checkpoint"),
-    "inference": ("inference.ann_path", "inference.img_dir", "inference.checkpoint"),
-    "export": ("export.checkpoint",),
-}
-LABEL_KEY = "inference.label_dump_path"
-#: The single output file an action writes inside its results folder, named by a spec key.
-OUTPUT_FILE_KEY = {"inference": LABEL_KEY, "export": "export.onnx_file"}
-_OUTPUT_EXAMPLE = {"inference": "inference.json", "export": "model.onnx"}
 #: Names in the job folder that no output may replace.
 RESERVED_NAMES = (*JOB_OWN_NAMES, SPEC_FILE, LOG_DIR)
 
@@ -59,7 +47,7 @@ def confine_results_dirs(action: str, tree: dict[str, Any], given: set[str], job
     """Make ``results_dir`` (when ``given`` on the command line) and ``<action>.results_dir`` absolute folders
     inside ``job_dir`` (relative values are relative to the job folder); :class:`SpecError` naming the key when one
     resolves outside it or is an existing file. Call before the spec_params mappings."""
-    for key in ("results_dir", ACTION_RESULTS_KEY[action]):
+    for key in ("results_dir", action_decl(action).results_key):
         value = get_dotted(tree, key)
         if not value or (key == "results_dir" and key not in given):
             continue
@@ -76,29 +64,31 @@ def confine_results_dirs(action: str, tree: dict[str, Any], given: set[str], job
 def confine_outputs(action: str, tree: dict[str, Any], job_dir: Path) -> None:
     """Checks once the spec is final (after the mappings): results folders are folders, the label file stays in its
     results folder and away from inputs and job files, evaluate/inference inputs lie outside the job folder."""
-    results_dirs = [(k, get_dotted(tree, k)) for k in ("results_dir", ACTION_RESULTS_KEY[action])]
+    decl = action_decl(action)
+    results_dirs = [(k, get_dotted(tree, k)) for k in ("results_dir", decl.results_key)]
     for key, value in results_dirs:
         if value:
             _check_not_a_file(key, Path(value))
-    inputs = [(k, v) for k in INPUT_KEYS[action] if (v := get_dotted(tree, k))]
-    if action != "train":
+    inputs = [(k, v) for k in decl.inputs if (v := get_dotted(tree, k))]
+    if not decl.resumes:
         for key, value in inputs:
             if is_inside(value, job_dir):
                 raise SpecError(f"{key} {value!r} lies inside this job's own folder {job_dir}; a re-run moves "
                                 "that folder's files aside, so it cannot read its input from there", field=key,
                                 hint="copy the file elsewhere, or use another --job-id for this run")
-    if action in OUTPUT_FILE_KEY:
-        _check_output_file(action, tree, job_dir, inputs)
+    if decl.output_file_key is not None:
+        _check_output_file(decl, decl.output_file_key, tree, job_dir, inputs)
 
 
-def _check_output_file(action: str, tree: dict[str, Any], job_dir: Path, inputs: list[tuple[str, Any]]) -> None:
-    key = OUTPUT_FILE_KEY[action]
+def _check_output_file(decl: ActionDecl, key: str, tree: dict[str, Any], job_dir: Path,
+                       inputs: list[tuple[str, Any]]) -> None:
     value = get_dotted(tree, key)
     if not value:
         return  # check_for_action names the missing key
-    base = Path(get_dotted(tree, ACTION_RESULTS_KEY[action]) or tree.get("results_dir") or job_dir)
+    base = Path(decl.results_dir(tree) or job_dir)
     target = Path(os.path.normpath(base / value))
-    hint = f"give a file name relative to the results folder, e.g. {_OUTPUT_EXAMPLE[action]}"
+    hint = f"give a file name relative to the results folder, e.g. {decl.output_example}"
+    action = decl.name
     if not is_inside(target, base) or _real(target) == _real(base):
         raise SpecError(f"{key} {value!r} resolves to {_real(target)}, outside the results folder {base}: "
                         f"the {action} output is written inside the job's results folder only", field=key,
@@ -130,40 +120,48 @@ def _need_path(value: str | None, key: str, *, folder_ok: bool) -> None:
         raise CheckpointError(f"{key} {value!r} is a folder, expected a checkpoint file (.pth)", field=key)
 
 
-def preflight(action: str, tree: dict[str, Any]) -> dict[str, int]:
-    """Read every annotation file of ``action`` as the engine will, and check the checkpoint paths; raises a
-    :class:`~mal_core.errors.MalError` naming the file or key. Returns instance counts (for the job record)."""
-    from mal_core.config import parse_spec
-    from mal_core.data.loading import load_eval_coco, load_train_coco
-
-    cfg, _ = parse_spec(tree)
-    d = cfg.dataset
-    counts: dict[str, int] = {}
-    if action == "train":
-        coco = load_train_coco(cfg)
-        if not coco.instances:
-            raise DataError(f"no training box of {d.train_ann_path} is left after the filters "
-                            f"(dataset.min_obj_size={d.min_obj_size}, dataset.max_obj_size={d.max_obj_size}; crowd "
-                            "regions are not trained on)", field="dataset.min_obj_size")
-        counts["train_instances"] = len(coco.instances)
-        if d.val_ann_path:
-            counts["val_instances"] = len(load_eval_coco(d.val_ann_path, d.val_img_dir, d.load_mask).instances)
-        _need_path(cfg.train.pretrained_model_path, "train.pretrained_model_path", folder_ok=True)
-        _need_path(cfg.train.resume_training_checkpoint_path, "train.resume_training_checkpoint_path",
-                   folder_ok=False)
-    elif action == "evaluate":
-        if not d.load_mask:
-            raise DataError("evaluate needs ground-truth masks: set dataset.load_mask to true",
-                            field="dataset.load_mask")
-        counts["val_instances"] = len(load_eval_coco(d.val_ann_path, d.val_img_dir, load_mask=True).instances)
-        _need_path(cfg.evaluate.checkpoint, "evaluate.checkpoint", folder_ok=False)
-    elif action == "inference":
-        inf = cfg.inference
-        counts["instances"] = len(load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask).instances)
-        _need_path(inf.checkpoint, "inference.checkpoint", folder_ok=False)
-    elif action == "export":
-        _need_path(cfg.export.checkpoint, "export.checkpoint", folder_ok=False)
-    else:
-        raise SpecError(f"no preflight declared for action {action!r}", field="action")
+def preflight(action: str, spec: ResolvedSpec) -> dict[str, int]:
+    """Read every annotation file of ``action`` as the engine will (the action's declared data preflight), and
+    check that its non-data inputs (checkpoints, weights) exist; raises a :class:`~mal_core.errors.MalError` naming
+    the file or key. Returns instance counts (for the job record)."""
+    decl = action_decl(action)
+    read = decl.preflight_fn()
+    counts = read(spec.cfg) if read is not None else {}
+    for key, spec_in in decl.inputs.items():
+        if key not in decl.data_sources:
+            _need_path(get_field(spec.cfg, key), key, folder_ok=spec_in.type != "file")
     return counts
 
+
+def read_train_data(cfg: ExperimentConfig) -> dict[str, int]:
+    """Training (and validation) boxes after the engine's filters; :class:`DataError` when none is left."""
+    from mal_core.data.loading import load_eval_coco, load_train_coco
+
+    d = cfg.dataset
+    coco = load_train_coco(cfg)
+    if not coco.instances:
+        raise DataError(f"no training box of {d.train_ann_path} is left after the filters "
+                        f"(dataset.min_obj_size={d.min_obj_size}, dataset.max_obj_size={d.max_obj_size}; crowd "
+                        "regions are not trained on)", field="dataset.min_obj_size")
+    counts = {"train_instances": len(coco.instances)}
+    if d.val_ann_path:
+        counts["val_instances"] = len(load_eval_coco(d.val_ann_path, d.val_img_dir, d.load_mask).instances)
+    return counts
+
+
+def read_eval_data(cfg: ExperimentConfig) -> dict[str, int]:
+    """Validation instances with their ground-truth masks."""
+    from mal_core.data.loading import load_eval_coco
+
+    d = cfg.dataset
+    if not d.load_mask:
+        raise DataError("evaluate needs ground-truth masks: set dataset.load_mask to true", field="dataset.load_mask")
+    return {"val_instances": len(load_eval_coco(d.val_ann_path, d.val_img_dir, load_mask=True).instances)}
+
+
+def read_inference_data(cfg: ExperimentConfig) -> dict[str, int]:
+    """Boxes to label."""
+    from mal_core.data.loading import load_eval_coco
+
+    inf = cfg.inference
+    return {"instances": len(load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask).instances)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -19,6 +20,9 @@ from typing import Any
 
 import yaml
 
+from mal_core.config.actions import action_decl
+from mal_core.config.resolved import ResolvedSpec
+from mal_core.engine.result import EngineResult
 from mal_core.errors import MalError, SpecError
 from mal_core.utils.io import json_safe
 
@@ -26,10 +30,6 @@ log = logging.getLogger("mal.runner")
 SKILL_ROOT = Path(__file__).resolve().parents[2]
 OOM_HINT = "lower dataset.crop_size (512 -> 384 -> 256) or use a smaller model.arch (e.g. vit-mae-base/16 " \
            "instead of large)"
-
-
-#: Jobs whose output an action may take as its parent model (an export job's ONNX file labels and scores too).
-PARENT_ACTIONS: dict[str, tuple[str, ...]] = {"evaluate": ("train", "export"), "inference": ("train", "export")}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,12 +73,6 @@ def build_parser(action: str, root: Path = SKILL_ROOT) -> argparse.ArgumentParse
 # ----- spec assembly -----------------------------------------------------------------------------------------------
 
 
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
 def collect_overrides(args: argparse.Namespace, shorthand: dict[str, str]) -> list[tuple[str, Any]]:
     """Ordered (dotted key, value): --spec-overrides, then --set, then shorthand flags (later wins).
 
@@ -109,12 +103,12 @@ def assemble_spec(action: str, spec_path: str | None, overrides: list[tuple[str,
     """The canonical spec tree and its explicit keys (overrides, and spec-file values that differ from defaults)."""
     from mal_core.config import ExperimentConfig, parse_spec, spec_to_dict
     from mal_core.config.experiment import KEY_ALIASES
-    from mal_core.config.loader import read_yaml
+    from mal_core.config.loader import get_field, read_yaml
 
     base = read_yaml(spec_path) if spec_path else read_yaml(root / "references" / f"spec_template_{action}.yaml")
     file_cfg, file_keys = parse_spec(base)
     defaults = ExperimentConfig()
-    explicit = {k for k in file_keys if _get(file_cfg, k) != _get(defaults, k)} if spec_path else set()
+    explicit = {k for k in file_keys if get_field(file_cfg, k) != get_field(defaults, k)} if spec_path else set()
     cfg, _ = parse_spec(base, dict(overrides))
     explicit |= {KEY_ALIASES.get(k, k) for k, _ in overrides}
     return spec_to_dict(cfg), explicit
@@ -140,74 +134,9 @@ def validate_against_schema(tree: dict[str, Any], action: str, root: Path) -> No
 # ----- running -----------------------------------------------------------------------------------------------------
 
 
-def _train_artifacts(result: dict[str, Any]) -> dict[str, Any]:
-    from mal_core.skill.parents import resolve_parent_in_folder
-
-    return {"checkpoints": result.get("checkpoints", []), "latest_checkpoint": result.get("latest_checkpoint"),
-            "best_checkpoint": resolve_parent_in_folder(Path(result["results_dir"])),
-            "validation_history": result.get("validation_history"), "resumed_from": result.get("resumed_from")}
-
-
-def _train_metrics(result: dict[str, Any], arts: dict[str, Any]) -> dict[str, Any]:
-    """The run's validation metrics; a resumed run that validated nothing (the job had already reached
-    ``train.num_epochs``) reports the last recorded validation instead of ``{}``."""
-    from mal_core.skill.parents import read_history
-
-    metrics = dict(result.get("metrics") or {})
-    if metrics or not result.get("resumed_from"):
-        return metrics
-    history = read_history(Path(result["results_dir"]))
-    if history:
-        last = history[-1]
-        arts["metrics_from"] = (f"validation_history.jsonl, epoch {last.get('epoch')}: nothing was left to train "
-                                "(raise train.num_epochs to train further)")
-        metrics = {k: v for k, v in last.items() if k not in ("epoch", "step")}
-    return metrics
-
-
-#: Key under which ``run_direct`` passes the engine's warnings up (removed from the artifacts before reporting).
-ENGINE_WARNINGS = "engine_warnings"
-
-
-def run_direct(action: str, tree: dict[str, Any], explicit: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the engine; returns (artifacts, metrics)."""
-    from mal_core.config import check_for_action, parse_spec
-
-    cfg, _ = parse_spec(tree)
-    check_for_action(cfg, action)
-    if action == "train":
-        from mal_core.engine.train import run_train
-
-        result = run_train(cfg)
-        arts = _train_artifacts(result)
-        arts[ENGINE_WARNINGS] = list(result.get("warnings") or [])
-        return arts, _train_metrics(result, arts)
-    if action == "evaluate":
-        from mal_core.engine.evaluate import run_evaluate
-
-        result = run_evaluate(cfg, explicit_keys=explicit)
-        return {"metrics_json": result.get("metrics_file"), "checkpoint": result.get("checkpoint")}, \
-            dict(result.get("metrics") or {})
-    if action == "inference":
-        from mal_core.engine.inference import run_inference
-
-        result = run_inference(cfg, explicit_keys=explicit)
-        arts = {"label_dump": result.get("label_file"), "checkpoint": result.get("checkpoint"),
-                "num_labelled": result.get("num_labelled")}
-        if result.get("overlay_dir"):
-            arts["overlays"] = result["overlay_dir"]
-        if result.get("review_page"):
-            arts["review_page"] = result["review_page"]
-        return arts, dict(result.get("metrics") or {})
-    if action == "export":
-        from mal_core.engine.export import run_export
-
-        result = run_export(cfg, explicit_keys=explicit)
-        arts = {"onnx_file": result["onnx_file"], "checkpoint": result["checkpoint"],
-                "opset_version": result["opset_version"], "dynamic_batch": result["dynamic_batch"],
-                "onnx_checker": result["onnx_checker"]}
-        return arts, dict(result["metrics"])
-    raise SpecError(f"no engine declared for action {action!r}", field="action")
+def run_direct(action: str, spec: ResolvedSpec) -> EngineResult:
+    """Run the action's engine entry point (from the action table) on the resolved spec."""
+    return action_decl(action).engine()(spec.cfg, explicit_keys=set(spec.explicit))
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -272,13 +201,13 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         known, _ = pre.parse_known_args(argv)
         root = Path(known.skill_root or os.environ.get("MAL_SKILL_ROOT") or SKILL_ROOT).resolve()
         args = build_parser(action, root).parse_args(argv)
-        plan = _resolve(action, args, root, out)
+        plan, spec = _resolve(action, args, root, out)
         if args.dry_run:
             out.update(status="planned", plan=plan)
             return 0
         from mal_core.skill.preflight import preflight
 
-        checked = preflight(action, plan["spec"])  # bad input stops here: no job touched, no Ray, no worker
+        checked = preflight(action, spec)  # bad input stops here: no job touched, no Ray, no worker
         jobs_root = default_jobs_root(args.jobs_root)
         job = Job.create(jobs_root, action, out["job_id"], parent_id=args.parent_job_id)
         handlers.append(job.log_handler())
@@ -293,16 +222,13 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
                    mappings=plan.get("mappings"), request=args.request, preflight=checked)
         job.transition("running")
         ran = True
-        if out["route"] == "automl":
-            arts, metrics = _run_automl(job, plan, root)
-        else:
-            arts, metrics = run_direct(action, plan["spec"], set(plan["explicit_keys"]))
+        result = _run_automl(job, plan, root) if out["route"] == "automl" else run_direct(action, spec)
         # the engine's own warnings (collapse checks, clamps it applied) join the plan's in the result JSON
-        out["warnings"] = list(dict.fromkeys(out.get("warnings", []) + arts.pop(ENGINE_WARNINGS, [])))
-        out.update(artifacts=arts, metrics=metrics, status="success")
-        ckpt_dir = (plan["spec"]["train"].get("results_dir") or plan["spec"]["results_dir"]) if action == "train" \
-            else None
-        job.finish(True, artifacts=arts, metrics=metrics, checkpoint_dir=ckpt_dir)
+        out["warnings"] = list(dict.fromkeys(out.get("warnings", []) + result.warnings))
+        out.update(artifacts=result.artifacts, metrics=result.metrics, status="success")
+        decl = action_decl(action)
+        ckpt_dir = decl.results_dir(spec.tree) if decl.hands_on_checkpoints else None
+        job.finish(True, artifacts=result.artifacts, metrics=result.metrics, checkpoint_dir=ckpt_dir)
         return 0
     except MalError as exc:
         out.update(status="failure", error=exc.to_dict())
@@ -323,9 +249,11 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
             job.close()
 
 
-def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, Any]) -> dict[str, Any]:
-    """Everything a run needs, without side effects: fills ``res`` as it goes and returns the plan."""
-    from mal_core.config import check_for_action, parse_spec
+def _resolve(action: str, args: argparse.Namespace, root: Path,
+             res: dict[str, Any]) -> tuple[dict[str, Any], ResolvedSpec]:
+    """Everything a run needs, without side effects: fills ``res`` as it goes and returns the plan (JSON form) and
+    the spec resolved once for the run."""
+    from mal_core.config import check_for_action
     from mal_core.config.checks import check_checkpoint_conflicts, clamp_for_action
     from mal_core.config.experiment import KEY_ALIASES
     from mal_core.config.skill_info import load_skill_info
@@ -336,6 +264,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, A
     from mal_core.skill.policy import decide_route, resolve_policy
     from mal_core.skill.preflight import confine_outputs, confine_results_dirs
 
+    decl = action_decl(action)
     info = load_skill_info(root / "references" / "skill_info.yaml")
     decision = resolve_policy(args.automl_policy, args.request)
     res.update(automl_policy=decision.policy, automl_policy_reason=decision.reason)
@@ -359,25 +288,27 @@ def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, A
     confine_results_dirs(action, tree, given, results_dir)
     parent = None
     if args.parent_job_id:
-        parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint,
-                                PARENT_ACTIONS.get(action, ("train",)))
-        stored = parent_spec(jobs_root, args.parent_job_id) if parent.method != "export" else None
-        if action != "train" and stored:
+        if not decl.parents:
+            raise SpecError(f"{action} takes no parent job", field="parent_job_id", hint="drop --parent-job-id")
+        parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint, decl.parents)
+        stored = parent_spec(jobs_root, args.parent_job_id) if decl.parent_fixes_model else None
+        if stored:
             check_checkpoint_conflicts(tree, explicit, stored, parent.path)
     sources = resolve_data_sources(info, action, {k: get_dotted(tree, k) for k in info.data_sources[action]},
                                    default_cache_dir(jobs_root), dry_run=args.dry_run)
     if not args.dry_run:
         for src in sources:
             set_dotted(tree, src.key, src.local_path)
-    if action == "train" and parent is not None and "train.pretrained_model_path" not in explicit:
-        set_dotted(tree, "train.pretrained_model_path", parent.path)  # fine-tune from the parent
+    if parent is not None and decl.parent_key not in explicit:
+        set_dotted(tree, decl.parent_key, parent.path)  # e.g. the checkpoint to score, the weights to fine-tune
     mappings = apply_mappings(info, action, tree, explicit, results_dir, parent)
-    cfg, _ = parse_spec(tree)
-    res["warnings"] = clamp_for_action(cfg, action)  # the engine applies the same clamps (and logs them) when it runs
+    spec = ResolvedSpec.from_tree(tree, explicit)
+    # the engine applies the same clamps (and logs them) when it runs; the resolved config stays as given
+    res["warnings"] = clamp_for_action(copy.deepcopy(spec.cfg), action)
     if args.dry_run or route.route == "automl":
         for warning in res["warnings"]:
             log.warning("%s", warning)
-    check_for_action(cfg, action)
+    check_for_action(spec.cfg, action)
     validate_against_schema(tree, action, root)
     confine_outputs(action, tree, results_dir)
     plan: dict[str, Any] = {"spec": tree, "explicit_keys": sorted(explicit), "mappings": mappings,
@@ -387,7 +318,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path, res: dict[str, A
         plan["automl"] = _automl_plan(args.automl_settings, tree, root)
     elif args.automl_settings:
         plan["automl_settings_ignored"] = "route is direct"
-    return plan
+    return plan, spec
 
 
 def _automl_plan(raw: str | None, tree: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -413,7 +344,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _run_automl(job: Any, plan: dict[str, Any], root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run_automl(job: Any, plan: dict[str, Any], root: Path) -> EngineResult:
     from mal_core.skill.hpo import parse_settings, run_automl
 
     auto = plan["automl"]
@@ -434,7 +365,7 @@ def _run_automl(job: Any, plan: dict[str, Any], root: Path) -> tuple[dict[str, A
             "best_trial_results_dir": best["results_dir"], "experiment_path": res["experiment_path"],
             "trials": [{k: t[k] for k in ("trial_id", "status", "mIoU", "checkpoint")} for t in res["trials"]]}
     metrics = {"mIoU": best["mIoU"]} if best["mIoU"] is not None and math.isfinite(best["mIoU"]) else {}
-    return arts, metrics
+    return EngineResult(results_dir=str(job.dir), artifacts=arts, metrics=metrics)
 
 
 class _AutomlFailed(MalError):
