@@ -57,8 +57,9 @@ def build_parser(action: str, root: Path = SKILL_ROOT) -> argparse.ArgumentParse
     p.add_argument("--automl-policy", choices=["auto", "on", "off"], help="per-run AutoML override (train)")
     p.add_argument("--request", help="the user's ask in free text (read for AutoML on/off phrases)")
     p.add_argument("--automl-settings", help="JSON: automl_algorithm, automl_max_recommendations, ...")
-    p.add_argument("--parent-job-id", help="train (or AutoML) job whose checkpoint feeds this action (evaluate and "
-                   "inference also take an export job's ONNX file)")
+    parents = action_decl(action).parents
+    p.add_argument("--parent-job-id", help=f"{' or '.join(parents) or 'no'} job (a train job may be AutoML) whose "
+                   "output (checkpoint, ONNX file, ...) feeds this action")
     p.add_argument("--parent-checkpoint", help="best (default), latest, epoch:N, or a file name in the parent")
     p.add_argument("--job-id", help="job id (default: generated); reusing a train job id resumes it")
     p.add_argument("--jobs-root", help="jobs folder (default: $MAL_JOBS_ROOT or ./mal_jobs)")
