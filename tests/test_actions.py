@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from mal_core.config import ExperimentConfig, check_for_action, leaf_fields
@@ -10,12 +14,22 @@ from mal_core.errors import SpecError
 from mal_core.skill.policy import PolicyDecision, decide_route
 
 
+def _defined(ref: str) -> bool:
+    """Whether ``"module:function"`` names a top-level function (read from source: importing an engine would pull in
+    torch and Lightning here)."""
+    module, _, name = ref.partition(":")
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, ref
+    tree = ast.parse(Path(spec.origin).read_text())
+    return any(isinstance(node, ast.FunctionDef) and node.name == name for node in tree.body)
+
+
 @pytest.mark.parametrize("name", list(ACTIONS))
 def test_each_entry_is_consistent(name: str) -> None:
     decl = ACTIONS[name]
     leaves = set(leaf_fields())
     assert decl.name == name and hasattr(ExperimentConfig(), decl.section)
-    assert callable(decl.engine()) and (not decl.preflight or callable(decl.preflight_fn()))
+    assert _defined(decl.entry) and (not decl.preflight or _defined(decl.preflight))
     assert {n.key for n in decl.required} <= leaves and decl.results_key in leaves
     assert set(decl.inputs) | set(decl.outputs) <= leaves | {"results_dir"}
     assert set(decl.data_sources) <= set(decl.inputs)
