@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default=str(ROOT / "bench_output"))
     ap.add_argument("--no-grabcut", action="store_true")
+    ap.add_argument("--pretrain", metavar="SPEC", help="first MAE-pretrain on the train images (and boxes) with this "
+                    "recipe (e.g. examples/cpu_pretrain.yaml), then train from the result")
+    ap.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--pretrained", metavar="DIR", help="train from this pretrained_model/ folder (reuse a pretrain)")
     args = ap.parse_args(argv)
     os.environ.setdefault("MAL_PROGRESS_BAR", "0")
     from mal_core.engine.inference import run_inference
@@ -98,11 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         paths = {"dataset.train_ann_path": str(syn.train_ann_path), "dataset.train_img_dir": str(syn.train_img_dir),
                  "dataset.val_ann_path": str(syn.val_ann_path), "dataset.val_img_dir": str(syn.val_img_dir)}
     overrides = [f"{k}={v}" for k, v in paths.items()] + [f"results_dir={out / 'train'}"] + args.overrides
-    cfg, _ = parse_spec(read_yaml(args.spec), overrides)
-    check_for_action(cfg, "train")
-    for sub in ("train", "label"):
+    for sub in ("train", "label", "pretrain"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)
+    pretrain = _pretrain(args, paths, out / "pretrain") if args.pretrain else None
+    if pretrain or args.pretrained:
+        overrides.append("train.pretrained_model_path="
+                         + (pretrain.artifacts["pretrained_model"] if pretrain else args.pretrained))
+    cfg, _ = parse_spec(read_yaml(args.spec), overrides)
+    check_for_action(cfg, "train")
     t0 = time.time()
     train = run_train(cfg)
     train_s = time.time() - t0
@@ -117,13 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     ious = [a["iou"] for a in labelled]
     methods = ("box_fill", "ellipse") if args.no_grabcut else ("box_fill", "ellipse", "grabcut")
     base = score_baselines(paths["dataset.val_ann_path"], paths["dataset.val_img_dir"], methods=methods)
-    mal = {**inf.metrics, "seconds": round(train_s, 1), "spearman_score_iou": spearman(
+    mal = {**inf.metrics, "seconds": round(train_s, 1),
+           "pretrain_seconds": pretrain.details["seconds"] if pretrain else 0.0, "spearman_score_iou": spearman(
         [a["score"] for a in labelled], ious), "box_fill_fraction": box_fill_fraction(labelled)}
     terms = sorted({k for a in labelled for k in a.get("quality", {})})
     mal["spearman_terms"] = {k: spearman([a["quality"][k] for a in labelled], ious) for k in terms}
     rows = {"MAL (" + cfg.model.arch + ")": mal, **base}
     print(f"\nval set: {name}, {int(mal['num_instances'])} instances; train: "
-          f"{train.details['num_train_instances']} boxes x {cfg.train.num_epochs} epochs in {train_s:.0f} s")
+          f"{train.details['num_train_instances']} boxes x {cfg.train.num_epochs} epochs in {train_s:.0f} s"
+          + (f"; pretrain: {pretrain.details['seconds']:.0f} s, loss {pretrain.metrics}" if pretrain else "")
+          + (f"; from {args.pretrained}" if args.pretrained else ""))
     print(f"{'method':<24}" + "".join(f"{k.replace('mIoU_', ''):>10}" for k in METRIC_KEYS) + f"{'seconds':>10}")
     for label, m in rows.items():
         cells = [m.get(k) for k in METRIC_KEYS]
@@ -136,9 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         "name": name,
         "data": args.data or (f"held-out {args.family}" if args.family else f"synthetic {args.difficulty}"),
         "overrides": args.overrides,
-        "spec": args.spec, "train_seconds": train_s, "results": rows, "true_box_fill_fraction": box_fill_fraction(gt),
+        "spec": args.spec, "train_seconds": train_s, "pretrain": pretrain.flat() if pretrain else None,
+        "pretrained": args.pretrained,
+        "pretrain_overrides": args.pretrain_overrides, "results": rows, "true_box_fill_fraction": box_fill_fraction(gt),
         "history": _history(train)})
     return 0
+
+
+def _pretrain(args: argparse.Namespace, paths: dict[str, str], out: Path) -> EngineResult:
+    """MAE-pretrain on the train split's images (and boxes) with ``args.pretrain``; returns run_pretrain's result."""
+    from mal_core.engine.pretrain import run_pretrain
+
+    cfg, _ = parse_spec(read_yaml(args.pretrain), [
+        f"pretrain.img_dir={paths['dataset.train_img_dir']}", f"pretrain.ann_path={paths['dataset.train_ann_path']}",
+        f"results_dir={out}", *args.pretrain_overrides])
+    return run_pretrain(cfg)
 
 
 def _history(train: EngineResult) -> list:

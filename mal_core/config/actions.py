@@ -126,7 +126,7 @@ ACTIONS: dict[str, ActionDecl] = {
                      "train.pretrained_model_path": "ptm_if_no_resume_model"},
         example_overrides={"train.num_gpus": 1, "train.gpu_ids": [0], "train.num_epochs": 5,
                            "train.checkpoint_interval": 5, "train.validation_interval": 5},
-        parents=("train",), parent_key="train.pretrained_model_path", hands_on=HandsOn(),
+        parents=("train", "pretrain"), parent_key="train.pretrained_model_path", hands_on=HandsOn(),
         automl=True, own_results_dir_suffices=True, resumes=True,
         preflight="mal_core.skill.preflight:read_train_data",
     ),
@@ -181,6 +181,32 @@ ACTIONS: dict[str, ActionDecl] = {
         parents=("train",), parent_key="export.checkpoint", parent_fixes_model=True,
         hands_on=HandsOn(artifact="onnx_file", pattern="*.onnx"),
         output_example="model.onnx",
+    ),
+    "pretrain": ActionDecl(
+        name="pretrain", section="pretrain", entry="mal_core.engine.pretrain:run_pretrain",
+        required=(Need("pretrain.img_dir", "the images to pretrain on"),),
+        inputs={
+            "pretrain.img_dir": InputSpec(type="folder", description="images to pretrain on (no labels needed)"),
+            "pretrain.ann_path": InputSpec(type="file", optional=True,
+                                           description="COCO JSON of boxes in those images (adds box crops)"),
+            "pretrain.pretrained_model_path": InputSpec(
+                type="path", optional=True, description="ViT-MAE weights to continue pretraining from"),
+            "pretrain.resume_training_checkpoint_path": InputSpec(
+                type="file", optional=True, description="pretrain checkpoint to resume from"),
+        },
+        outputs={"results_dir": OutputSpec(
+            type="folder", description=_RESULTS,
+            files=["pretrained_model/config.json", "pretrained_model/model.safetensors", "reconstruction.png",
+                   "pretrain_history.jsonl", "model_epoch_<EEE>_step_<SSSSS>.pth"])},
+        data_sources={"pretrain.img_dir": images("train_datasets"),
+                      "pretrain.ann_path": annotations("train_datasets", optional=True)},
+        spec_params={**_OUTPUT_DIR, "pretrain.resume_training_checkpoint_path": "resume_model",
+                     "pretrain.pretrained_model_path": "ptm_if_no_resume_model"},
+        example_overrides={"pretrain.num_epochs": 25, "pretrain.views_per_epoch": 1024},
+        parents=("pretrain",), parent_key="pretrain.pretrained_model_path",
+        hands_on=HandsOn(artifact="pretrained_model", pattern="pretrained_model"),
+        own_results_dir_suffices=True, resumes=True,
+        preflight="mal_core.skill.preflight:read_pretrain_data",
     ),
 }
 

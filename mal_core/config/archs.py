@@ -33,3 +33,21 @@ ARCHS: dict[str, ArchSpec] = {
     "vit-mae-large/16": ArchSpec(embed_dim=1024, depth=24, num_heads=16, patch_size=16, automl_weight=0.25),
     "vit-mae-huge/14": ArchSpec(embed_dim=1280, depth=32, num_heads=16, patch_size=14, automl_weight=0.05),
 }
+
+
+#: Hugging Face ``config.json`` fields that must match an architecture for its encoder weights to fit (the image
+#: size may differ: position tables are interpolated).
+HF_ARCH_FIELDS: dict[str, str] = {
+    "hidden_size": "embed_dim", "num_hidden_layers": "depth", "num_attention_heads": "num_heads",
+    "patch_size": "patch_size",
+}
+
+
+def hf_config_mismatches(config: dict, arch: str) -> list[str]:
+    """``field: folder value vs arch value`` for each :data:`HF_ARCH_FIELDS` entry of a Hugging Face ViT(-MAE)
+    ``config.json`` that differs from ``ARCHS[arch]`` (empty when the weights fit, or the arch is unknown)."""
+    spec = ARCHS.get(arch)
+    if spec is None:
+        return []
+    return [f"{key}: {config[key]} vs {getattr(spec, attr)}" for key, attr in HF_ARCH_FIELDS.items()
+            if key in config and config[key] != getattr(spec, attr)]

@@ -439,6 +439,84 @@ class ExportConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """MAE self-supervised pretraining of the ViT backbone on the user's own images (no labels).
+
+    ``model.arch`` and ``dataset.crop_size`` are shared with ``train`` so the weights fit the MAL backbone.
+    """
+
+    num_gpus: int = param(1, title="Number of GPUs", minimum=1, maximum=1024, popular=True,
+                          description="Devices to pretrain on (CPU processes when no GPU is present).")
+    gpu_ids: list[int] = param([0], title="GPU ids", popular=True, description="CUDA device indices to use.")
+    num_nodes: int = param(1, title="Number of nodes", minimum=1, maximum=1024,
+                           description="Machines for multi-node pretraining.")
+    seed: int = param(1234, title="Seed", minimum=-1, maximum=2**31 - 1, description="Random seed; -1 = none.")
+    results_dir: str | None = param(
+        None, title="Pretrain results directory", description="Defaults to the top-level results_dir."
+    )
+    img_dir: str = param(
+        "", title="Image directory", required=True, popular=True,
+        description="Folder (or images.tar.gz / s3:// prefix) of the images to pretrain on; no labels needed.",
+    )
+    ann_path: str = param(
+        "", title="Box annotations",
+        description="Optional COCO JSON of boxes in img_dir: when given, crops around boxes are sampled alongside "
+        "random crops of whole images (see box_crop_prob).",
+    )
+    box_crop_prob: float = param(
+        0.5, title="Box-crop share", minimum=0.0, maximum=1.0,
+        description="With ann_path: probability that a sample is a crop around one of the image's boxes (with "
+        "the train margins) instead of a random crop of the whole image.",
+    )
+    num_epochs: int = param(200, title="Epochs", minimum=1, maximum=100000, popular=True,
+                            description="Epochs of pretraining (see views_per_epoch for what one epoch is).")
+    views_per_epoch: int = param(
+        0, title="Views per epoch", minimum=0, maximum=10_000_000,
+        description="Random views drawn per epoch (images sampled with replacement), so the cost of an epoch does "
+        "not depend on how many images there are; 0 = one view of each image per epoch.",
+    )
+    batch_size: int = param(64, title="Batch size", minimum=1, maximum=4096, popular=True,
+                            description="Images per step per device.")
+    lr: float = param(1.5e-4, title="Learning rate", minimum=0.0, maximum=1.0, popular=True,
+                      description="Peak AdamW learning rate (after warmup; cosine decay to 0).")
+    wd: float = param(0.05, title="Weight decay", minimum=0.0, maximum=1.0,
+                      description="AdamW weight decay (not applied to biases, norms and position/class tokens).")
+    warmup_epochs: int = param(10, title="Warmup epochs", minimum=0, maximum=10000,
+                               description="Linear learning-rate warmup; clamped below num_epochs.")
+    mask_ratio: float = param(0.75, title="Mask ratio", minimum=0.05, maximum=0.95, popular=True,
+                              description="Fraction of patches hidden from the encoder.")
+    norm_pix_loss: bool = param(True, title="Per-patch normalised target",
+                                description="Reconstruct each patch normalised by its own mean and variance.")
+    decoder_hidden_size: int = param(512, title="Decoder width", minimum=16, maximum=4096,
+                                     description="Hidden size of the light reconstruction decoder.")
+    decoder_num_layers: int = param(8, title="Decoder depth", minimum=1, maximum=64,
+                                    description="Transformer blocks in the decoder.")
+    decoder_num_heads: int = param(16, title="Decoder heads", minimum=1, maximum=64,
+                                   description="Attention heads of the decoder (must divide its width).")
+    min_crop_scale: float = param(
+        0.2, title="Smallest crop", minimum=0.01, maximum=1.0,
+        description="Random crops of whole images cover between this fraction of the image area and all of it.",
+    )
+    hflip: bool = param(True, title="Horizontal flip", description="Flip half of the samples left-right.")
+    use_amp: bool = param(True, title="Mixed precision", description="bf16 autocast on GPUs (ignored on CPU).")
+    num_workers: int = param(2, title="Loader workers", minimum=0, maximum=64,
+                             description="Image-decoding worker processes per device.")
+    checkpoint_interval: int = param(10, title="Checkpoint interval", minimum=1, maximum=100000,
+                                     description="Epochs between checkpoints (the last epoch always writes one).")
+    pretrained_model_path: str | None = param(
+        None, title="Start weights", popular=True,
+        description="Continue pretraining from these ViT-MAE weights (Hugging Face folder or MAE .pth); empty = "
+        "random initialisation.",
+    )
+    resume_training_checkpoint_path: str | None = param(
+        None, title="Resume checkpoint", description="Pretrain checkpoint to resume; default: the newest in the "
+        "job's folder.",
+    )
+    num_vis_images: int = param(8, title="Images in the reconstruction grid", minimum=1, maximum=64,
+                                description="Rows of reconstruction.png (masked input, reconstruction, original).")
+
+
+@dataclass
 class ExperimentConfig:
     """A full MAL experiment spec: data, model, and the train/evaluate/inference/export actions."""
 
@@ -451,6 +529,8 @@ class ExperimentConfig:
     evaluate: EvaluateConfig = section(EvaluateConfig, title="Evaluate", description="Evaluation settings.")
     inference: InferenceConfig = section(InferenceConfig, title="Inference", description="Labelling settings.")
     export: ExportConfig = section(ExportConfig, title="Export", description="ONNX export settings.")
+    pretrain: PretrainConfig = section(PretrainConfig, title="Pretrain",
+                                       description="MAE self-pretraining of the backbone.")
 
 
 #: Keys of the seed document that are accepted as aliases of the canonical keys.

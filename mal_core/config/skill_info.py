@@ -224,7 +224,8 @@ SKILL_INFO = SkillInfo(
     description=(
         "MAL (Mask Auto-Labeler): trains a ViT-MAE based model from COCO box annotations alone (MIL box-projection "
         "loss plus CRF self-training with an EMA teacher) and labels boxes with instance masks. Actions: train, "
-        "evaluate (mask mIoU), inference (COCO JSON with masks), export (ONNX for onnxruntime)."
+        "evaluate (mask mIoU), inference (COCO JSON with masks), export (ONNX for onnxruntime), pretrain (MAE "
+        "self-pretraining of the backbone on the user's own images, no labels)."
     ),
     automl_enabled=True,
     data_format="default",
@@ -244,7 +245,8 @@ SKILL_INFO = SkillInfo(
         "output_dir": "current job results directory",
         "parent_model": "model file inferred from the parent job results folder",
         "resume_model": "newest checkpoint already in this job's results folder (resume)",
-        "ptm_if_no_resume_model": "pretrained weights, only when there is nothing to resume",
+        "ptm_if_no_resume_model": "pretrained weights (a pretrain parent job's pretrained_model/ folder, a train "
+                                  "parent's checkpoint, or the given path), only when there is nothing to resume",
         "create_inference_result_file_mal": "MAL inference JSON path",
     },
     key_defaults={},

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 # job folder holds its spec and logs before the first checkpoint is written into it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# Lightning 2.x flattens loaders with torch's deprecated LeafSpec on torch 2.13 (nothing we call)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 DDP_STRATEGY = "ddp_find_unused_parameters_true"
 
@@ -55,7 +57,8 @@ def precision_for(accelerator: str, use_amp: bool) -> str:
 
 def build_trainer(results_dir: str | Path, devices: dict[str, Any], *, use_amp: bool, callbacks: list | None = None,
                   max_epochs: int = 1, check_val_every_n_epoch: int = 1, deterministic: bool | str = False,
-                  benchmark: bool = False, loggers: bool = True, progress: bool | None = None) -> pl.Trainer:
+                  benchmark: bool = False, loggers: bool = True, progress: bool | None = None,
+                  log_every_n_steps: int = 5) -> pl.Trainer:
     """A Trainer writing TensorBoard and CSV logs under ``results_dir/lightning_logs``."""
     results_dir = Path(results_dir)
     logger: Any = False
@@ -75,7 +78,7 @@ def build_trainer(results_dir: str | Path, devices: dict[str, Any], *, use_amp: 
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks or []),
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=5,
+        log_every_n_steps=log_every_n_steps,
         deterministic=deterministic,
         benchmark=benchmark,
         **devices,

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 POS_KEY = "embeddings.position_embeddings"
 #: Keys of MAE pre-training checkpoints that belong to the reconstruction decoder, which MAL does not use.
 MAE_DECODER_PREFIXES = ("decoder_", "decoder.", "mask_token")
+#: Key prefix of the network in pretrain checkpoints (``MAEPretrainModule.mae``).
+PRETRAIN_PREFIX = "mae."
+#: Weight files of a Hugging Face model folder, in the order they are looked for.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 _TIMM_RULES: list[tuple[str, str]] = [
     (r"^cls_token$", "embeddings.cls_token"),
@@ -124,7 +128,7 @@ def interpolate_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], report: LoadReport,
-              expected_unused: tuple[str, ...] = ()) -> LoadReport:
+              expected_unused: tuple[str, ...] = (), field: str = "train.pretrained_model_path") -> LoadReport:
     """Copy matching tensors into ``module`` (position tables are interpolated); raise on shape mismatch."""
     target = module.state_dict()
     bad: list[str] = []
@@ -144,14 +148,14 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], report: LoadRep
     if bad:
         raise CheckpointError(
             f"{report.source}: {len(bad)} tensors do not fit the model (wrong model.arch?): " + "; ".join(bad[:8]),
-            field="train.pretrained_model_path",
+            field=field,
             hint="check that model.arch matches the architecture the weights were trained for",
         )
     if not loadable:
         raise CheckpointError(
             f"{report.source}: no tensor matched the model; this is not a {report.kind} for it "
             f"(first keys: {list(state)[:5]})",
-            field="train.pretrained_model_path",
+            field=field,
         )
     module.load_state_dict(loadable, strict=False)
     report.loaded = sorted(loadable)
@@ -170,26 +174,24 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{source} holds no tensor state dict", field="train.pretrained_model_path")
 
 
-def load_pretrained(student: nn.Module, path: str | Path) -> LoadReport:
-    """Initialise a :class:`MALNetwork` from ``path`` (HF folder, MAE ``.pth`` or MAL checkpoint)."""
+def load_pretrained(student: nn.Module, path: str | Path, field: str = "train.pretrained_model_path") -> LoadReport:
+    """Initialise a :class:`MALNetwork` from ``path``: a Hugging Face ViT-MAE folder (e.g. ``pretrained_model/`` of a
+    pretrain job), an MAE ``.pth``, a pretrain checkpoint or a MAL checkpoint."""
     p = Path(path)
     source = str(p)
     if p.is_dir():
-        from transformers import ViTMAEModel
-
-        if not (p / "config.json").is_file():
-            raise CheckpointError(f"{source} is a folder but has no config.json (not a Hugging Face model folder)",
-                                  field="train.pretrained_model_path")
-        try:
-            hf = ViTMAEModel.from_pretrained(str(p), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"cannot load Hugging Face ViT-MAE from {source}: {exc}",
-                                  field="train.pretrained_model_path") from exc
         report = LoadReport(source, "Hugging Face ViT-MAE folder")
-        load_into(student.backbone.vit, hf.state_dict(), report)
+        state = read_hf_folder(p, student.backbone.arch, field)
+        encoder = {k: v for k, v in convert_hf_vit(state).items() if not k.startswith(MAE_DECODER_PREFIXES)}
+        load_into(student.backbone.vit, encoder, report, field=field)
     else:
         state = _unwrap(torch_load(p), source)
-        if any(".student." in f".{k}" for k in state):
+        if any(k.startswith(PRETRAIN_PREFIX) for k in state):
+            report = LoadReport(source, "mal pretrain checkpoint")
+            encoder = {k[len(PRETRAIN_PREFIX) + 4:]: v for k, v in state.items()
+                       if k.startswith(PRETRAIN_PREFIX + "vit.")}
+            load_into(student.backbone.vit, encoder, report, field=field)
+        elif any(".student." in f".{k}" for k in state):
             sub = {k.split("student.", 1)[1]: v for k, v in state.items() if "student." in k}
             report = LoadReport(source, "MAL checkpoint")
             load_into(student, sub, report)
@@ -204,4 +206,68 @@ def load_pretrained(student: nn.Module, path: str | Path) -> LoadReport:
     log.info(report.summary())
     if report.unexpected:
         log.warning("unused keys in %s: %s", source, report.unexpected[:10])
+    return report
+
+
+def read_hf_folder(folder: str | Path, arch: str, field: str) -> dict[str, torch.Tensor]:
+    """The flat state dict of a Hugging Face ViT(-MAE) folder, after checking its ``config.json`` fits ``arch``."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from mal_core.config.archs import hf_config_mismatches
+
+    p = Path(folder)
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{str(p)!r} is a folder but has no config.json (not a Hugging Face model folder)",
+                              field=field)
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{str(cfg_file)!r} is not readable JSON: {exc}", field=field) from exc
+    bad = hf_config_mismatches(config if isinstance(config, dict) else {}, arch)
+    if bad:
+        raise CheckpointError(f"{str(p)!r} holds weights of another architecture than model.arch={arch!r} "
+                              f"({'; '.join(bad)})", field=field,
+                              hint="set model.arch to the architecture the weights were trained for")
+    for name in HF_WEIGHT_FILES:
+        f = p / name
+        if f.is_file():
+            try:
+                return load_file(str(f)) if name.endswith(".safetensors") else _unwrap(torch_load(f), str(f))
+            except CheckpointError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a corrupt weight file
+                raise CheckpointError(f"cannot read weights {str(f)!r}: {exc}", field=field) from exc
+    raise CheckpointError(f"{str(p)!r} has no weight file (looked for {', '.join(HF_WEIGHT_FILES)})", field=field)
+
+
+def load_mae_weights(network: nn.Module, path: str | Path, arch: str,
+                     field: str = "pretrain.pretrained_model_path") -> LoadReport:
+    """Start a ViT-MAE pretraining network from ``path`` (continued pretraining): the encoder always, the decoder
+    too when the source has one of the same size (Hugging Face folder or pretrain checkpoint)."""
+    p = Path(path)
+    source = str(p)
+    if p.is_dir():
+        state, kind = read_hf_folder(p, arch, field), "Hugging Face ViT-MAE folder"
+    else:
+        state, kind = _unwrap(torch_load(p), source), "weights file"
+        if any(k.startswith(PRETRAIN_PREFIX) for k in state):
+            state, kind = {k[len(PRETRAIN_PREFIX):]: v for k, v in state.items()}, "mal pretrain checkpoint"
+    report = LoadReport(source, kind)
+    if any(k.startswith(("blocks.", "patch_embed.")) for k in state):
+        encoder, _ = convert_timm_vit(state)
+        report.kind = "MAE/timm checkpoint"
+    else:
+        encoder = {k: v for k, v in convert_hf_vit(state).items() if not k.startswith(MAE_DECODER_PREFIXES)}
+    load_into(network.vit, encoder, report, field=field)
+    decoder = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+    target = network.decoder.state_dict()
+    if decoder and all(k in target and target[k].shape == v.shape for k, v in decoder.items()):
+        network.decoder.load_state_dict(decoder, strict=False)
+        report.loaded += [f"decoder.{k}" for k in sorted(decoder)]
+    elif decoder:
+        log.info("decoder of %s does not fit pretrain.decoder_* (kept at init)", source)
+    log.info(report.summary())
     return report

@@ -84,6 +84,9 @@ def _write_checkpoints(folder: Path, spec: dict[str, Any]) -> None:
         (folder / name).write_bytes(b"fixture checkpoint: dry runs never open it")
     for name in spec.get("files", []):
         (folder / name).write_bytes(b"fixture file: dry runs never open it")
+    for name in spec.get("folders", []):  # e.g. a pretrain job's pretrained_model/
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "config.json").write_text("{}")
     history = spec.get("history")
     if history:
         (folder / "validation_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))

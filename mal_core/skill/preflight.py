@@ -130,6 +130,38 @@ def preflight(action: str, spec: ResolvedSpec) -> dict[str, int]:
     for key, spec_in in decl.inputs.items():
         if key not in decl.data_sources:
             _need_path(get_field(spec.cfg, key), key, folder_ok=spec_in.type != "file")
+            _check_weights_folder(get_field(spec.cfg, key), key, spec.cfg.model.arch)
+    return counts
+
+
+def _check_weights_folder(value: str | None, key: str, arch: str) -> None:
+    """A Hugging Face folder given as weights must hold the architecture of ``model.arch`` (its ``config.json``)."""
+    import json
+
+    from mal_core.config.archs import hf_config_mismatches
+
+    config = Path(value) / "config.json" if value else None
+    if config is None or not config.is_file():
+        return
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{key}: {str(config)!r} is not readable JSON: {exc}", field=key) from exc
+    bad = hf_config_mismatches(data if isinstance(data, dict) else {}, arch)
+    if bad:
+        raise CheckpointError(f"{key} {value!r} holds weights of another architecture than model.arch={arch!r} "
+                              f"({'; '.join(bad)})", field=key,
+                              hint="set model.arch to the architecture the weights were trained (pretrained) for")
+
+
+def read_pretrain_data(cfg: ExperimentConfig) -> dict[str, int]:
+    """The images to pretrain on (and the boxes of ``pretrain.ann_path``, when given)."""
+    from mal_core.data.loading import list_images, load_pretrain_boxes
+
+    counts = {"images": len(list_images(cfg.pretrain.img_dir))}
+    coco = load_pretrain_boxes(cfg)
+    if coco is not None:
+        counts["boxes"] = len(coco.instances)
     return counts
 
 
