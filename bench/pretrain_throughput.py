@@ -27,7 +27,7 @@ from throughput import PeakMemory, _cpu_name, _flop_mapping, _loadavg, _sync, re
 
 from mal_core.config import parse_spec  # noqa: E402
 from mal_core.config.loader import read_yaml  # noqa: E402
-from mal_core.engine.pretrain_module import decay_groups  # noqa: E402
+from mal_core.engine.optim import build_mae_optimizer  # noqa: E402
 from mal_core.model.mae import MAEDecoderSize, build_mae  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def bench_step(case: dict, bs: int, device: torch.device, bf16: bool, steps: int
     """Time ``steps`` pretraining steps of batch ``bs`` after ``warmup`` untimed ones."""
     torch.manual_seed(0)
     net = build_mae(case["arch"], case["crop"], decoder=case["decoder"]).to(device).train()
-    opt = torch.optim.AdamW(decay_groups(net, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    opt = build_mae_optimizer(net, parse_spec({})[0].pretrain, lr=1e-4)
     x = torch.randn(bs, 3, case["crop"], case["crop"], device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 

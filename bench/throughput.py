@@ -289,7 +289,7 @@ class StepRunner:
     def optimizer(self, batch_size: int) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
         """AdamW as MALModule.configure_optimizers builds it (one device, lr scaled by the batch)."""
         t = self.cfg.train
-        opt = build_optimizer(self.module.model.student.parameters(), t, scaled_lr(t.lr, 1, batch_size))
+        opt = build_optimizer(self.module.model.student, t, scaled_lr(t.lr, 1, batch_size))
         scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
         return opt, scaler
 

@@ -152,3 +152,23 @@ def test_resume_refuses_a_checkpoint_of_another_crop(tmp_path):
         run_pretrain(cfg)
     assert exc.value.field == "pretrain.resume_training_checkpoint_path"
     assert os.path.isdir(tmp_path / "out" / "pretrained_model")  # the earlier output is untouched
+
+
+def test_layer_decay_scales_the_backbone_by_depth_and_keeps_heads_at_full_rate():
+    from mal_core.engine.optim import build_optimizer
+
+    cfg, _ = parse_spec({"model": {"arch": ARCH, "mask_head_hidden_channel": 8, "mask_head_out_channel": 8},
+                         "train": {"layer_decay": 0.5}})
+    net = MALNetwork(cfg.model, CROP)
+    opt = build_optimizer(net, cfg.train, lr=1.0)
+    by_param = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(net.named_parameters())
+    depth = 4  # vit-mae-nano/8
+    assert by_param[id(named["backbone.vit.embeddings.patch_embeddings.projection.weight"])] == 0.5 ** (depth + 1)
+    assert by_param[id(named["backbone.vit.layers.0.mlp.fc1.weight"])] == 0.5 ** depth
+    assert by_param[id(named["backbone.vit.layers.3.mlp.fc1.weight"])] == 0.5
+    head = next(n for n in named if not n.startswith("backbone."))
+    assert by_param[id(named[head])] == 1.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in net.parameters())
+    cfg.train.layer_decay = 1.0
+    assert len(build_optimizer(net, cfg.train, lr=1.0).param_groups) == 1

@@ -246,6 +246,13 @@ class TrainConfig:
         automl_reason="regularisation strength matters for small label sets; log-range 1e-5..1e-2",
         description="AdamW weight decay (applied to all parameters).",
     )
+    layer_decay: float = param(
+        1.0, title="Layer-wise lr decay", minimum=0.1, maximum=1.0, automl_enabled=False,
+        automl_reason="only meaningful with pretrained weights; set it by hand",
+        description="Backbone block i (of depth d) trains at lr x layer_decay^(d - i), the patch embedding at "
+        "lr x layer_decay^(d + 1); the heads at lr. 1.0 = one rate for all. Below 1 keeps pretrained features "
+        "(e.g. 0.65-0.8 when starting from MAE weights).",
+    )
     optim_eps: float = param(1e-8, title="Optimizer epsilon", minimum=0.0, description="AdamW epsilon.")
     optim_betas: list[float] = param(
         [0.9, 0.9], title="Optimizer betas", automl_enabled=False, automl_reason="a list",

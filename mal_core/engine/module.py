@@ -67,7 +67,7 @@ class MALModule(pl.LightningModule):
         self.peak_lr = scaled_lr(t.lr, world, t.batch_size)
         self.min_lr = self.peak_lr * t.min_lr_rate
         start = self.peak_lr if t.warmup_epochs == 0 else 0.0
-        return build_optimizer(self.model.student.parameters(), t, start)
+        return build_optimizer(self.model.student, t, start)
 
     def _set_lr(self, epoch_float: float) -> float:
         t = self.cfg.train

@@ -12,24 +12,12 @@ import torch
 from transformers import ViTMAEForPreTraining
 
 from mal_core.config.experiment import PretrainConfig
+from mal_core.engine.optim import build_mae_optimizer
 from mal_core.engine.schedule import lr_at
 from mal_core.engine.seeding import seed_rank_streams
 
 #: Record stored in every pretrain checkpoint (``checkpoint["mal_pretrain"]``): what the weights are.
 PRETRAIN_RECORD = "mal_pretrain"
-
-_NO_DECAY = ("bias", "layernorm", "norm", "cls_token", "mask_token", "position_embeddings")
-
-
-def decay_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: weight decay on weight matrices only (not biases, norms, tokens, positions)."""
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (plain if p.ndim <= 1 or any(k in name for k in _NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": wd}, {"params": plain, "weight_decay": 0.0}]
-
 
 class MAEPretrainModule(pl.LightningModule):
     """Masked-autoencoder pretraining of ``network`` with linear warmup + cosine decay of the learning rate (per
@@ -50,7 +38,7 @@ class MAEPretrainModule(pl.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         self.peak_lr = self.cfg.lr * world  # linear scaling with the number of devices
         start = self.peak_lr if self.cfg.warmup_epochs == 0 else 0.0
-        return torch.optim.AdamW(decay_groups(self.mae, self.cfg.wd), lr=start, betas=(0.9, 0.95))
+        return build_mae_optimizer(self.mae, self.cfg, start)
 
     def _steps_per_epoch(self) -> int:
         n = self.trainer.num_training_batches
