@@ -13,7 +13,7 @@ from importlib import import_module
 from typing import Any
 
 from mal_core.config.io_specs import DataSource, InputSpec, OutputSpec, annotations, images
-from mal_core.config.loader import get_dotted, get_field
+from mal_core.config.loader import get_dotted, get_field, leaf_fields
 from mal_core.errors import SpecError
 
 
@@ -57,6 +57,7 @@ class ActionDecl:
     resumes: bool = False  # a re-run of the job continues it (else the previous attempt's files are moved aside)
     preflight: str = ""  # "module:function" reading the action's data before a job starts: (cfg) -> counts
     output_example: str = ""  # example value of the output file key (hint of preflight errors)
+    shorthand_section: str = "train"  # the section that shorthand flags (--num_epochs, --lr, ...) set for this action
 
     @property
     def results_key(self) -> str:
@@ -79,6 +80,18 @@ class ActionDecl:
         if isinstance(spec, Mapping):
             return get_dotted(spec, self.results_key) or spec.get("results_dir") or ""
         return get_field(spec, self.results_key) or spec.results_dir
+
+    def shorthand(self, keys: Mapping[str, str]) -> dict[str, str]:
+        """Shorthand name -> spec key for this action: a ``train.<x>`` target becomes ``<shorthand_section>.<x>``
+        when that section has the field (``mal pretrain --num_epochs 50`` sets ``pretrain.num_epochs``)."""
+        if self.shorthand_section == "train":
+            return dict(keys)
+        known = leaf_fields()
+        out = {}
+        for short, key in keys.items():
+            moved = f"{self.shorthand_section}.{key[len('train.'):]}" if key.startswith("train.") else key
+            out[short] = moved if moved in known else key
+        return out
 
     def engine(self) -> Callable[..., Any]:
         """The engine entry point (imported now: it pulls in torch)."""
@@ -205,7 +218,7 @@ ACTIONS: dict[str, ActionDecl] = {
         example_overrides={"pretrain.num_epochs": 25, "pretrain.views_per_epoch": 1024},
         parents=("pretrain",), parent_key="pretrain.pretrained_model_path",
         hands_on=HandsOn(artifact="pretrained_model", pattern="pretrained_model"),
-        own_results_dir_suffices=True, resumes=True,
+        own_results_dir_suffices=True, resumes=True, shorthand_section="pretrain",
         preflight="mal_core.skill.preflight:read_pretrain_data",
     ),
 }

@@ -273,7 +273,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
     res.update(route=route.route, route_reason=route.reason, message=route.message)
     if route.message:
         log.warning("%s", route.message)
-    overrides = collect_overrides(args, info.spec_shorthand_keys)
+    overrides = collect_overrides(args, decl.shorthand(info.spec_shorthand_keys))
     tree, explicit = assemble_spec(action, args.spec, overrides, root)
     jobs_root = default_jobs_root(args.jobs_root)
     job_id = check_job_id(args.job_id) if args.job_id else new_job_id(action)
