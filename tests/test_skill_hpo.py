@@ -120,6 +120,11 @@ def test_two_trial_ray_tune_run(local_ray: None, tmp_path: Path, capsys: pytest.
     assert best["mIoU"] == max(t["mIoU"] for t in trials) and Path(best["checkpoint"]).is_file()
     assert rec["status"] == "success" and out["metrics"]["mIoU"] == best["mIoU"]
     assert out["artifacts"]["best_checkpoint"] == best["checkpoint"]
+    assert all(isinstance(t["warnings"], list) for t in trials)
+    # the best trial's engine warnings (a 2-epoch model at lr <= 1e-5 is flagged as collapsed) reach the result
+    # JSON and the job record
+    assert best["warnings"] and out["warnings"] == [f"best trial {best['trial_id']}: {w}" for w in best["warnings"]]
+    assert rec["warnings"] == out["warnings"]
     assert resolve_parent(jobs, "hpo1").path == best["checkpoint"]
     # re-running the same job id restores the finished experiment instead of starting over
     rc = main("train", argv)

@@ -244,3 +244,4 @@ def test_engine_warnings_reach_the_result_json(tmp_path: Path, capsys: pytest.Ca
     assert rc == 0 and out["status"] == "success"
     assert collapse in out["warnings"]
     assert "engine_warnings" not in out["artifacts"]
+    assert read_job(tmp_path / "w")["warnings"] == out["warnings"]  # the job record keeps them too

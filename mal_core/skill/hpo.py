@@ -16,9 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mal_core.errors import MalError
+from mal_core.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 METRIC = "mIoU"
+#: File in each trial folder with the trial's engine warnings (collapse checks, clamps) as a JSON list.
+TRIAL_WARNINGS = "warnings.json"
 ALGORITHMS = ("bayesian", "hyperband", "asha", "random")
 
 
@@ -318,7 +321,8 @@ def _trainable(config: dict[str, Any], *, base: dict[str, Any], rows: list[dict[
         set_dotted(tree, "train.warmup_epochs", max(0, epochs - 1))
     cfg, _ = parse_spec(tree)
     check_for_action(cfg, "train")
-    run_train(cfg, callbacks=[_report_callback()])
+    result = run_train(cfg, callbacks=[_report_callback()])
+    atomic_write_json(trial_dir(Path(exp_dir), trial_id) / TRIAL_WARNINGS, result.warnings)
 
 
 def _init_ray(num_cpus: int | None, skill_root: Path) -> None:
@@ -392,6 +396,7 @@ def run_automl(*, base_tree: dict[str, Any], rows: list[dict[str, Any]], setting
                   if v is not None and math.isfinite(float(v))]
         folder = trial_dir(exp_dir, trial_id)
         ckpt = resolve_parent_in_folder(folder)
+        warned = folder / TRIAL_WARNINGS
         trials.append({
             "trial_id": trial_id,
             "params": {k: v for k, v in (result.config or {}).items()},
@@ -402,6 +407,7 @@ def run_automl(*, base_tree: dict[str, Any], rows: list[dict[str, Any]], setting
             "error": str(result.error).strip().splitlines()[-1][:500] if result.error else None,
             "results_dir": str(folder),
             "checkpoint": ckpt,
+            "warnings": json.loads(warned.read_text()) if warned.is_file() else [],
         })
     ok = [t for t in trials if t[METRIC] is not None and t["checkpoint"]]
     best = max(ok, key=lambda t: (t[METRIC], t["trial_id"])) if ok else None  # ties: deterministic

@@ -229,7 +229,8 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         out.update(artifacts=result.artifacts, metrics=result.metrics, status="success")
         decl = action_decl(action)
         ckpt_dir = decl.results_dir(spec.tree) if decl.hands_on_checkpoints else None
-        job.finish(True, artifacts=result.artifacts, metrics=result.metrics, checkpoint_dir=ckpt_dir)
+        job.finish(True, artifacts=result.artifacts, metrics=result.metrics, checkpoint_dir=ckpt_dir,
+                   warnings=out["warnings"])
         return 0
     except MalError as exc:
         out.update(status="failure", error=exc.to_dict())
@@ -366,7 +367,8 @@ def _run_automl(job: Any, plan: dict[str, Any], root: Path) -> EngineResult:
             "best_trial_results_dir": best["results_dir"], "experiment_path": res["experiment_path"],
             "trials": [{k: t[k] for k in ("trial_id", "status", "mIoU", "checkpoint")} for t in res["trials"]]}
     metrics = {"mIoU": best["mIoU"]} if best["mIoU"] is not None and math.isfinite(best["mIoU"]) else {}
-    return EngineResult(results_dir=str(job.dir), artifacts=arts, metrics=metrics)
+    warnings = [f"best trial {best['trial_id']}: {w}" for w in best.get("warnings") or []]
+    return EngineResult(results_dir=str(job.dir), artifacts=arts, metrics=metrics, warnings=warnings)
 
 
 class _AutomlFailed(MalError):
