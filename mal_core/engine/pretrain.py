@@ -171,7 +171,7 @@ def run_pretrain(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -
     trainer = build_trainer(
         results_dir, device_settings(p.num_gpus, p.gpu_ids, p.num_nodes, "pretrain"), use_amp=p.use_amp,
         callbacks=[MALCheckpoint(results_dir, p.checkpoint_interval)], max_epochs=p.num_epochs,
-        log_every_n_steps=max(1, min(5, len(loader))),
+        steps_per_epoch=len(loader),
     )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
     artifacts: dict[str, Any] = {}

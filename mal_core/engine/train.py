@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     trainer = build_trainer(
         results_dir, devices, use_amp=t.use_amp, callbacks=[ckpt_cb, *(callbacks or [])], max_epochs=t.num_epochs,
         check_val_every_n_epoch=t.validation_interval, deterministic="warn" if t.cudnn.deterministic else False,
-        benchmark=t.cudnn.benchmark,
+        benchmark=t.cudnn.benchmark, steps_per_epoch=math.ceil(len(train_coco.instances) / t.batch_size),
     )
     dm = MALDataModule(cfg, train=train_coco, val=val_coco, load_mask=cfg.dataset.load_mask)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)

@@ -58,8 +58,9 @@ def precision_for(accelerator: str, use_amp: bool) -> str:
 def build_trainer(results_dir: str | Path, devices: dict[str, Any], *, use_amp: bool, callbacks: list | None = None,
                   max_epochs: int = 1, check_val_every_n_epoch: int = 1, deterministic: bool | str = False,
                   benchmark: bool = False, loggers: bool = True, progress: bool | None = None,
-                  log_every_n_steps: int = 5) -> pl.Trainer:
-    """A Trainer writing TensorBoard and CSV logs under ``results_dir/lightning_logs``."""
+                  steps_per_epoch: int | None = None) -> pl.Trainer:
+    """A Trainer writing TensorBoard and CSV logs under ``results_dir/lightning_logs`` every 5 steps (every step of
+    an epoch shorter than that, given ``steps_per_epoch``)."""
     results_dir = Path(results_dir)
     logger: Any = False
     if loggers:
@@ -78,7 +79,7 @@ def build_trainer(results_dir: str | Path, devices: dict[str, Any], *, use_amp: 
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks or []),
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=log_every_n_steps,
+        log_every_n_steps=max(1, min(5, steps_per_epoch or 5)),
         deterministic=deterministic,
         benchmark=benchmark,
         **devices,
