@@ -1,4 +1,5 @@
-"""Command line: ``mal train|evaluate|inference|export --spec FILE.yaml [--set dotted.key=value ...]``, ``mal demo``,
+"""Command line: ``mal <action> --spec FILE.yaml [--set dotted.key=value ...]`` for every action of the table
+(:data:`mal_core.config.actions.ACTIONS`), ``mal demo``,
 ``mal codegen``, ``mal evals``. The actions run through :func:`mal_core.skill.runner.main` (same code as
 ``runners/<action>.py``; ``mal <action> --help`` lists every option).
 
