@@ -136,3 +136,19 @@ def test_pretrain_resumes_after_kill(tmp_path: Path, env: dict[str, str]) -> Non
     epochs = [json.loads(line)["epoch"] for line in (jobs / "p1" / "pretrain_history.jsonl").read_text().splitlines()]
     assert epochs[-1] == done + 1 and len(epochs) <= done + 2  # continued, did not start over
     assert Path(res["artifacts"]["pretrained_model"]).is_dir()
+
+
+def test_decoder_heads_must_divide_its_width(tmp_path: Path, env: dict[str, str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    spec = {**PRETRAIN_TINY, "pretrain.img_dir": env["dataset.train_img_dir"], "pretrain.decoder_num_heads": 5}
+    rc, out = _run(capsys, "pretrain", ["--job-id", "p1", "--dry-run", "--spec-overrides", json.dumps(spec)])
+    assert rc == 2 and out["error"]["field"] == "pretrain.decoder_num_heads"
+    assert "must divide pretrain.decoder_hidden_size (32)" in out["error"]["message"]
+
+
+def test_warmup_not_below_epochs_is_clamped_with_a_warning(tmp_path: Path, env: dict[str, str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    spec = {**PRETRAIN_TINY, "pretrain.img_dir": env["dataset.train_img_dir"], "pretrain.warmup_epochs": 40}
+    rc, out = _run(capsys, "pretrain", ["--job-id", "p1", "--dry-run", "--spec-overrides", json.dumps(spec)])
+    assert rc == 0, out["error"]
+    assert out["warnings"] == ["pretrain.warmup_epochs (40) is not below pretrain.num_epochs (2); clamped to 1"]

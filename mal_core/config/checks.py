@@ -28,8 +28,16 @@ def _check_export(cfg: ExperimentConfig) -> None:
         raise SpecError("export.batch_size must be -1 (dynamic) or a positive batch size", field="export.batch_size")
 
 
+def _check_pretrain(cfg: ExperimentConfig) -> None:
+    p = cfg.pretrain
+    if p.decoder_hidden_size % p.decoder_num_heads:
+        raise SpecError(f"pretrain.decoder_num_heads ({p.decoder_num_heads}) must divide pretrain.decoder_hidden_size "
+                        f"({p.decoder_hidden_size})", field="pretrain.decoder_num_heads")
+
+
 #: Checks beyond the table's required keys, by config section (sections without any are absent).
-SECTION_CHECKS: dict[str, Callable[[ExperimentConfig], None]] = {"train": _check_train, "export": _check_export}
+SECTION_CHECKS: dict[str, Callable[[ExperimentConfig], None]] = {
+    "train": _check_train, "export": _check_export, "pretrain": _check_pretrain}
 
 
 def _check_common(cfg: ExperimentConfig) -> None:
@@ -66,17 +74,19 @@ def check_for_action(cfg: ExperimentConfig, action: str) -> None:
 def clamp_for_action(cfg: ExperimentConfig, action: str) -> list[str]:
     """Adjust, in place, values TAO accepts but that cannot be honoured as given; one warning per change.
 
-    ``train.warmup_epochs`` at or above ``train.num_epochs`` (TAO's AutoML draws the warmup from its own range,
-    whatever the epochs) becomes ``num_epochs - 1``. (A ``checkpoint_interval`` longer than the run needs no change:
-    the final epoch always writes a checkpoint.)
+    ``<section>.warmup_epochs`` at or above ``<section>.num_epochs`` (train, pretrain: TAO's AutoML draws the
+    warmup from its own range, whatever the epochs) becomes ``num_epochs - 1``. (A ``checkpoint_interval`` longer
+    than the run needs no change: the final epoch always writes a checkpoint.)
     """
     warnings: list[str] = []
-    t = cfg.train
-    if action == "train" and t.warmup_epochs > 0 and t.warmup_epochs >= t.num_epochs:
-        clamped = max(0, t.num_epochs - 1)
-        warnings.append(f"train.warmup_epochs ({t.warmup_epochs}) is not below train.num_epochs ({t.num_epochs}); "
+    name = action_decl(action).section
+    sec = getattr(cfg, name)
+    warmup, epochs = getattr(sec, "warmup_epochs", 0), getattr(sec, "num_epochs", 0)
+    if warmup > 0 and warmup >= epochs:
+        clamped = max(0, epochs - 1)
+        warnings.append(f"{name}.warmup_epochs ({warmup}) is not below {name}.num_epochs ({epochs}); "
                         f"clamped to {clamped}")
-        t.warmup_epochs = clamped
+        sec.warmup_epochs = clamped
     return warnings
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers.utils import logging as hf_logging
 
 from mal_core.config.actions import action_decl
+from mal_core.config.checks import clamp_for_action
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import dump_spec
 from mal_core.data.augment import denormalise
@@ -51,7 +52,8 @@ def _resume_path(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
     path = Path(explicit) if explicit else find_resume_checkpoint(results_dir)
     if path is None:
         return None
-    record = torch_load(path).get(PRETRAIN_RECORD) if path.is_file() else None
+    obj = torch_load(path) if path.is_file() else None
+    record = obj.get(PRETRAIN_RECORD) if isinstance(obj, dict) else None
     if not isinstance(record, dict):
         raise CheckpointError(f"{str(path)!r} is not a pretrain checkpoint (no {PRETRAIN_RECORD} record)", field=field)
     want = (cfg.model.arch, cfg.dataset.crop_size)
@@ -149,6 +151,9 @@ def run_pretrain(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -
     reconstruction grid, the final loss and timing (``explicit_keys`` is unused: every setting comes from ``cfg``)."""
     t0 = time.time()
     cfg = copy.deepcopy(cfg)
+    warnings = clamp_for_action(cfg, "pretrain")
+    for warning in warnings:
+        log.warning("%s", warning)
     p = cfg.pretrain
     results_dir = Path(action_decl("pretrain").results_dir(cfg))
     ds = _dataset(cfg)
@@ -190,6 +195,6 @@ def run_pretrain(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -
     latest = results_dir / f"{LATEST_NAME}.pth"
     artifacts.update(history=str(results_dir / HISTORY_FILE), latest_checkpoint=str(latest) if latest.exists()
                      else None)
-    return EngineResult(results_dir=str(results_dir), artifacts=artifacts, metrics=metrics, details={
+    return EngineResult(results_dir=str(results_dir), artifacts=artifacts, metrics=metrics, warnings=warnings, details={
         "num_images": len(ds), "resumed_from": str(resume) if resume else None,
         "started_from": start.summary() if start else None, "seconds": round(time.time() - t0, 2)})

@@ -46,8 +46,7 @@ class MAEPretrainModule(pl.LightningModule):
 
     def _set_lr(self, epoch_float: float) -> float:
         c = self.cfg
-        warmup = min(c.warmup_epochs, max(c.num_epochs - 1, 0))
-        lr = lr_at(epoch_float, peak=self.peak_lr, floor=0.0, warmup_epochs=warmup, num_epochs=c.num_epochs)
+        lr = lr_at(epoch_float, peak=self.peak_lr, floor=0.0, warmup_epochs=c.warmup_epochs, num_epochs=c.num_epochs)
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = lr
         return lr
