@@ -114,6 +114,17 @@ def convert_hf_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def hf_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder tensors of a flat Hugging Face ViT-MAE state dict, in ``ViTMAEModel`` keys (decoder and mask
+    token dropped)."""
+    return {k: v for k, v in convert_hf_vit(state).items() if not k.startswith(MAE_DECODER_PREFIXES)}
+
+
+def strip_pretrain_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A pretrain checkpoint's state dict (``mae.vit.*``, ``mae.decoder.*``) in ``ViTMAEForPreTraining`` keys."""
+    return {k[len(PRETRAIN_PREFIX):]: v for k, v in state.items() if k.startswith(PRETRAIN_PREFIX)}
+
+
 def interpolate_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
     """Resize a (1, 1+g*g, C) position table (class token first) to ``num_patches`` grid positions (bicubic)."""
     cls, grid = pos[:, :1], pos[:, 1:]
@@ -182,15 +193,12 @@ def load_pretrained(student: nn.Module, path: str | Path, field: str = "train.pr
     if p.is_dir():
         report = LoadReport(source, "Hugging Face ViT-MAE folder")
         state = read_hf_folder(p, student.backbone.arch, field)
-        encoder = {k: v for k, v in convert_hf_vit(state).items() if not k.startswith(MAE_DECODER_PREFIXES)}
-        load_into(student.backbone.vit, encoder, report, field=field)
+        load_into(student.backbone.vit, hf_encoder_state(state), report, field=field)
     else:
         state = _unwrap(torch_load(p), source)
         if any(k.startswith(PRETRAIN_PREFIX) for k in state):
             report = LoadReport(source, "mal pretrain checkpoint")
-            encoder = {k[len(PRETRAIN_PREFIX) + 4:]: v for k, v in state.items()
-                       if k.startswith(PRETRAIN_PREFIX + "vit.")}
-            load_into(student.backbone.vit, encoder, report, field=field)
+            load_into(student.backbone.vit, hf_encoder_state(strip_pretrain_prefix(state)), report, field=field)
         elif any(".student." in f".{k}" for k in state):
             sub = {k.split("student.", 1)[1]: v for k, v in state.items() if "student." in k}
             report = LoadReport(source, "MAL checkpoint")
@@ -211,26 +219,12 @@ def load_pretrained(student: nn.Module, path: str | Path, field: str = "train.pr
 
 def read_hf_folder(folder: str | Path, arch: str, field: str) -> dict[str, torch.Tensor]:
     """The flat state dict of a Hugging Face ViT(-MAE) folder, after checking its ``config.json`` fits ``arch``."""
-    import json
-
     from safetensors.torch import load_file
 
-    from mal_core.config.archs import hf_config_mismatches
+    from mal_core.checkpoint_files import check_hf_folder
 
     p = Path(folder)
-    cfg_file = p / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{str(p)!r} is a folder but has no config.json (not a Hugging Face model folder)",
-                              field=field)
-    try:
-        config = json.loads(cfg_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{str(cfg_file)!r} is not readable JSON: {exc}", field=field) from exc
-    bad = hf_config_mismatches(config if isinstance(config, dict) else {}, arch)
-    if bad:
-        raise CheckpointError(f"{str(p)!r} holds weights of another architecture than model.arch={arch!r} "
-                              f"({'; '.join(bad)})", field=field,
-                              hint="set model.arch to the architecture the weights were trained for")
+    check_hf_folder(p, arch, field)
     for name in HF_WEIGHT_FILES:
         f = p / name
         if f.is_file():
@@ -254,13 +248,13 @@ def load_mae_weights(network: nn.Module, path: str | Path, arch: str,
     else:
         state, kind = _unwrap(torch_load(p), source), "weights file"
         if any(k.startswith(PRETRAIN_PREFIX) for k in state):
-            state, kind = {k[len(PRETRAIN_PREFIX):]: v for k, v in state.items()}, "mal pretrain checkpoint"
+            state, kind = strip_pretrain_prefix(state), "mal pretrain checkpoint"
     report = LoadReport(source, kind)
     if any(k.startswith(("blocks.", "patch_embed.")) for k in state):
         encoder, _ = convert_timm_vit(state)
         report.kind = "MAE/timm checkpoint"
     else:
-        encoder = {k: v for k, v in convert_hf_vit(state).items() if not k.startswith(MAE_DECODER_PREFIXES)}
+        encoder = hf_encoder_state(state)
     load_into(network.vit, encoder, report, field=field)
     decoder = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
     target = network.decoder.state_dict()

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mal_core.checkpoint_files import check_hf_folder
 from mal_core.config.actions import ActionDecl, action_decl
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import get_dotted, get_field, set_dotted
@@ -130,28 +131,10 @@ def preflight(action: str, spec: ResolvedSpec) -> dict[str, int]:
     for key, spec_in in decl.inputs.items():
         if key not in decl.data_sources:
             _need_path(get_field(spec.cfg, key), key, folder_ok=spec_in.type != "file")
-            _check_weights_folder(get_field(spec.cfg, key), key, spec.cfg.model.arch)
+            value = get_field(spec.cfg, key)
+            if value and Path(value).is_dir():  # a Hugging Face weights folder must fit model.arch
+                check_hf_folder(value, spec.cfg.model.arch, key, required=False)
     return counts
-
-
-def _check_weights_folder(value: str | None, key: str, arch: str) -> None:
-    """A Hugging Face folder given as weights must hold the architecture of ``model.arch`` (its ``config.json``)."""
-    import json
-
-    from mal_core.config.archs import hf_config_mismatches
-
-    config = Path(value) / "config.json" if value else None
-    if config is None or not config.is_file():
-        return
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{key}: {str(config)!r} is not readable JSON: {exc}", field=key) from exc
-    bad = hf_config_mismatches(data if isinstance(data, dict) else {}, arch)
-    if bad:
-        raise CheckpointError(f"{key} {value!r} holds weights of another architecture than model.arch={arch!r} "
-                              f"({'; '.join(bad)})", field=key,
-                              hint="set model.arch to the architecture the weights were trained (pretrained) for")
 
 
 def read_pretrain_data(cfg: ExperimentConfig) -> dict[str, int]:
