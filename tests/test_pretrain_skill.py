@@ -135,6 +135,7 @@ def test_pretrain_resumes_after_kill(tmp_path: Path, env: dict[str, str]) -> Non
     assert "resuming pretraining from" in (jobs / "p1" / "logs" / "pretrain.log").read_text()
     epochs = [json.loads(line)["epoch"] for line in (jobs / "p1" / "pretrain_history.jsonl").read_text().splitlines()]
     assert epochs[-1] == done + 1 and len(epochs) <= done + 2  # continued, did not start over
+    assert epochs == list(range(done + 2))  # one line per epoch, even when the kill fell between line and checkpoint
     assert Path(res["artifacts"]["pretrained_model"]).is_dir()
 
 
