@@ -29,8 +29,8 @@ def test_agreement_and_margin_terms():
     assert margin[0] > 0.99 and margin[1] == 0.0
     ones = torch.ones(3)
     terms = {"flip": agree, "teacher": torch.tensor([1.0, 0.5, 1.0]), "margin": torch.tensor([1.0, 1.0, 0.5]),
-             "crf": ones, "mean_probability": torch.tensor([1.0, 1.0, 0.5])}
-    assert quality_score(terms).tolist() == [0.0, 0.5, 0.25]
+             "crf": ones, "colour": torch.tensor([0.5, 1.0, 0.5]), "mean_probability": torch.tensor([1.0, 0.5, 0.5])}
+    assert quality_score(terms).tolist() == [0.5, 0.5, 0.25]  # colour x mean probability; the others are reported
 
 
 def test_review_page_lists_the_lowest_scores_first(tmp_path):

@@ -90,8 +90,9 @@ def clamp_for_action(cfg: ExperimentConfig, action: str) -> list[str]:
     return warnings
 
 
-#: ``model.*`` keys that only act at test time: evaluate / inference may set them on any checkpoint.
-TEST_TIME_MODEL_KEYS: tuple[str, ...] = ("test_refine_iters",)
+#: ``model.*`` keys that only act at test time (named ``test_*``): evaluate / inference may set them on any checkpoint.
+TEST_TIME_MODEL_KEYS: tuple[str, ...] = tuple(name for name in ModelConfig.__dataclass_fields__
+                                              if name.startswith("test_"))
 
 #: Spec keys a trained checkpoint fixes: the architecture (every ``model.*`` key but the EMA momentum, which only
 #: matters while training, and the test-time keys) and the crop size.

@@ -127,6 +127,19 @@ class ModelConfig:
         description="Mean-field iterations that refine predicted masks with the image's colour edges at validation "
         "and labelling time (the training CRF's kernel and bandwidth). 0 = off.",
     )
+    test_colour_weight: float = param(
+        0.0, title="Test-time colour-model weight", minimum=0.0, maximum=10.0, automl_enabled=False,
+        automl_reason="a test-time choice",
+        description="Weight of each instance's own colour model (object colours from its mask, background colours "
+        "from the crop outside its box) added to the network's logits at validation and labelling time, before "
+        "test_refine_iters. 0 = off.",
+    )
+    test_colour_iters: int = param(
+        3, title="Test-time colour-model rounds", minimum=1, maximum=20, automl_enabled=False,
+        automl_reason="a test-time choice",
+        description="Rounds of re-estimating the object's colour model from the current mask (with "
+        "test_colour_weight > 0).",
+    )
     image_stem_channels: int = param(
         0, title="Image stem channels", minimum=0, maximum=256, automl_enabled=False,
         automl_reason="an architecture choice made with the recipe",

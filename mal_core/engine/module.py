@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
+from mal_core.engine.colour_model import colour_agreement, colour_refine
 from mal_core.engine.diagnostics import collapse_warnings
 from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.optim import build_optimizer
@@ -131,8 +132,10 @@ class MALModule(pl.LightningModule):
 
     def _final(self, raw: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
         """The network's logits after the test-time refinement (when ``model.test_refine_iters`` > 0)."""
-        iters = self.cfg.model.test_refine_iters
-        return self._refined(raw, images, box_mask, iters) if iters > 0 else raw
+        m = self.cfg.model
+        if m.test_colour_weight > 0:
+            raw = colour_refine(raw, images, box_mask, weight=m.test_colour_weight, iters=m.test_colour_iters)
+        return self._refined(raw, images, box_mask, m.test_refine_iters) if m.test_refine_iters > 0 else raw
 
     def _refined(self, logits: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor, iters: int) -> torch.Tensor:
         """Mean-field refinement of the mask probabilities with the crop's colours, as logits."""
@@ -162,7 +165,8 @@ class MALModule(pl.LightningModule):
         return {"flip": mask_agreement(logits, flipped, box, thr),
                 "teacher": mask_agreement(student, teacher, box, thr),
                 "margin": confidence_margin(logits, box),
-                "crf": mask_agreement(logits, self._refined(logits, images, box, QUALITY_REFINE_ITERS), box, thr)}
+                "crf": mask_agreement(logits, self._refined(logits, images, box, QUALITY_REFINE_ITERS), box, thr),
+                "colour": colour_agreement(logits, images, box, thr)}
 
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()

@@ -1,12 +1,14 @@
 """Mask quality estimates without ground truth, for ranking labels so a reviewer sees the worst first.
 
-Each term is computed on the mask-resolution probabilities inside the box, per instance, in [0, 1]:
-``flip``: IoU between the mask and the mask predicted on the mirrored crop (mirrored back); ``teacher``: IoU between
-the student's and the EMA teacher's masks; ``margin``: mean |2p - 1| (how decided the probabilities are); ``crf``:
-IoU between the network's mask and its mean-field refinement with the image's colour edges (how far the image
-disagrees with the mask); ``mean_probability``: the mean foreground probability over the final mask's pixels.
-The ``score`` written with each label is :func:`quality_score` of the terms: their product, so a mask scores high
-only when every signal agrees (chosen on the medium synthetic set and coco128 val, see BENCHMARKS.md).
+Each term is per instance, in [0, 1]: ``flip``: IoU between the mask and the mask predicted on the mirrored crop
+(mirrored back); ``teacher``: IoU between the student's and the EMA teacher's masks; ``margin``: mean |2p - 1| (how
+decided the probabilities are); ``crf``: IoU between the mask and its mean-field refinement with the image's colour
+edges; ``colour``: IoU between the mask and the pixels its own colour model calls object
+(:func:`mal_core.engine.colour_model.colour_agreement`: how far the image's colours disagree with the mask);
+``mean_probability``: the mean foreground probability over the final mask's pixels. All are written with each
+label (``quality``). The ``score`` is :func:`quality_score`: the product of the :data:`SCORE_TERMS`, chosen among
+products of the terms on coco128's train split and the medium and holes synthetic sets, and reported on coco128 val
+and the touching and thin families, which took no part in the choice (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-QUALITY_TERMS = ("flip", "teacher", "margin", "crf", "mean_probability")
+QUALITY_TERMS = ("flip", "teacher", "margin", "crf", "colour", "mean_probability")
+#: The terms whose product is the label's ``score``.
+SCORE_TERMS = ("colour", "mean_probability")
+#: What the score is, in words (for the review page).
+SCORE_DESCRIPTION = ("the mask's agreement with its own colour model (object colours from the mask, background "
+                     "colours from around the box) times its mean foreground probability")
 #: Mean-field iterations of the refinement the ``crf`` term compares with when no test-time refinement is on.
 QUALITY_REFINE_ITERS = 30
 
@@ -41,8 +48,8 @@ def confidence_margin(logits: torch.Tensor, box_mask: torch.Tensor) -> torch.Ten
 
 
 def quality_score(terms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The per-instance quality estimate (B,) in [0, 1]: the product of the :data:`QUALITY_TERMS`."""
+    """The per-instance quality estimate (B,) in [0, 1]: the product of the :data:`SCORE_TERMS`."""
     out = torch.ones_like(next(iter(terms.values())))
-    for name in QUALITY_TERMS:
+    for name in SCORE_TERMS:
         out = out * terms[name]
     return out

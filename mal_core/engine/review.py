@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mal_core.data.coco import CocoDataset, decode_segmentation
+from mal_core.engine.quality import SCORE_DESCRIPTION
 from mal_core.utils.io import atomic_write_text
 
 REVIEW_DIR = "review"
@@ -78,8 +79,7 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
         "main{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px;font-size:12px}"
         "img{width:160px;height:160px;object-fit:contain;background:#222}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{len(shown)} of {len(ranked)} labels, lowest estimated quality first "
-        "(score in [0, 1]: the product of the mask's agreement with the mirrored crop's mask, with the EMA teacher's "
-        "mask and with its colour-edge refinement, the probability margin and the mean foreground probability). "
+        f"(score in [0, 1]: {html.escape(SCORE_DESCRIPTION)}). "
         "Red tint and outline: predicted mask (outside it is dimmed); blue: the input box. "
         "Fix the first ones, then re-run evaluation.</p>"
         f"<main>{''.join(cards)}</main></body></html>\n")
