@@ -105,7 +105,8 @@ def test_test_time_refinement_may_be_set_on_any_checkpoint_but_architecture_may_
     cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}},
                                ["model.test_refine_iters=7", "model.test_colour_weight=6", "model.test_colour_iters=2"])
     merged = merge_checkpoint_spec(cfg, spec_to_dict(stored), explicit, "ckpt.pth")
-    assert (merged.model.test_refine_iters, merged.model.test_colour_weight, merged.model.test_colour_iters) == (7, 6, 2)
+    m = merged.model
+    assert (m.test_refine_iters, m.test_colour_weight, m.test_colour_iters) == (7, 6, 2)
     trained_with, _ = parse_spec({"model": {"arch": "vit-mae-nano/8", "test_refine_iters": 4}})
     cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}})
     assert merge_checkpoint_spec(cfg, spec_to_dict(trained_with), explicit, "c").model.test_refine_iters == 4

@@ -162,10 +162,11 @@ class MALModule(pl.LightningModule):
         student = self._final(self.model.student(images, areas), images, box) if plain else logits
         teacher = self._final(self.model.teacher(images, areas), images, box)
         thr = float(self.cfg.train.mask_thres[0])
+        coarse = resize_to(logits.float(), tuple(raw.shape[-2:]))  # the CRF term at the network's mask resolution
         return {"flip": mask_agreement(logits, flipped, box, thr),
                 "teacher": mask_agreement(student, teacher, box, thr),
                 "margin": confidence_margin(logits, box),
-                "crf": mask_agreement(logits, self._refined(logits, images, box, QUALITY_REFINE_ITERS), box, thr),
+                "crf": mask_agreement(coarse, self._refined(coarse, images, box, QUALITY_REFINE_ITERS), box, thr),
                 "colour": colour_agreement(logits, images, box, thr)}
 
     def on_validation_epoch_start(self) -> None:
