@@ -23,6 +23,16 @@ warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and i
 # Lightning 2.x flattens loaders with torch's deprecated LeafSpec on torch 2.13 (nothing we call)
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
+
+class _DropProductTips(logging.Filter):
+    """Drops Lightning's "💡 Tip" lines (suggestions to install other products) from every job's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropProductTips())
+
 DDP_STRATEGY = "ddp_find_unused_parameters_true"
 
 
