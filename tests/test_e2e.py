@@ -61,11 +61,16 @@ def test_train_evaluate_infer_and_resume(workspace, capsys, monkeypatch):
     ckpt = torch.load(train_dir / "mal_model_latest.pth", weights_only=True)
     assert ckpt["mal"]["spec"]["model"]["arch"] == "vit-mae-nano/8" and ckpt["epoch"] == 1
 
-    # resume: same job id, one more epoch -> continues from the job's latest checkpoint
+    # resume: same job id, one more epoch -> continues from the job's latest checkpoint. A run killed after writing
+    # an epoch's validation line but before its checkpoint leaves a line the resumed run must not keep twice.
+    with (train_dir / "validation_history.jsonl").open("a") as fh:
+        fh.write(json.dumps({"epoch": 2, "step": 999, "mIoU": -1.0}) + "\n")
     code, res2 = _run(capsys, ["train", "-e", str(spec), "--job-id", "t1", "--set", "train.num_epochs=3"],
                       root / "jobs")
     assert code == 0 and res2["artifacts"]["resumed_from"].endswith(names[1])
     assert len(res2["artifacts"]["checkpoints"]) == 3
+    history = [json.loads(x) for x in (train_dir / "validation_history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1, 2] and history[-1]["mIoU"] >= 0.0
     ckpt3 = torch.load(train_dir / "mal_model_latest.pth", weights_only=True)
     assert ckpt3["epoch"] == 2 and ckpt3["global_step"] > ckpt["global_step"]
 

@@ -27,7 +27,7 @@ from mal_core.losses.crf import mean_field_refine
 from mal_core.losses.mil import resize_to
 from mal_core.losses.objective import mal_objective
 from mal_core.model.build import build_network
-from mal_core.utils.io import json_safe
+from mal_core.utils.io import drop_history_from_epoch, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class MALModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         seed_rank_streams(self.cfg.train.seed, self.trainer.global_rank, self.trainer.world_size)
+        if self.history_path is not None and self.trainer.is_global_zero:
+            drop_history_from_epoch(self.history_path, self.current_epoch)
         # first step of a fresh (or resumed) run: the schedule's value one step into the current epoch
         self._set_lr(self.current_epoch + 1.0 / self._iters_per_epoch())
 

@@ -15,7 +15,7 @@ from mal_core.config.experiment import PretrainConfig
 from mal_core.engine.optim import build_mae_optimizer
 from mal_core.engine.schedule import lr_at
 from mal_core.engine.seeding import seed_rank_streams
-from mal_core.utils.io import atomic_write_text
+from mal_core.utils.io import drop_history_from_epoch
 
 #: Record stored in every pretrain checkpoint (``checkpoint["mal_pretrain"]``): what the weights are.
 PRETRAIN_RECORD = "mal_pretrain"
@@ -54,13 +54,8 @@ class MAEPretrainModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         seed_rank_streams(self.cfg.seed, self.trainer.global_rank, self.trainer.world_size)
-        if self.history_path is not None and self.trainer.is_global_zero and self.history_path.is_file():
-            # the history line of an epoch is written before its checkpoint: after a kill between the two, the
-            # resumed run repeats that epoch, so lines of epochs about to run again are dropped
-            lines = self.history_path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["epoch"] < self.current_epoch]
-            if len(kept) != len(lines):
-                atomic_write_text(self.history_path, "".join(line + "\n" for line in kept))
+        if self.history_path is not None and self.trainer.is_global_zero:
+            drop_history_from_epoch(self.history_path, self.current_epoch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lr = self._set_lr(self.current_epoch + batch_idx / self._steps_per_epoch())

@@ -51,3 +51,18 @@ def json_safe(obj: Any) -> Any:
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
     """Atomically write strict JSON (NaN/inf become null; trailing newline)."""
     return atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def drop_history_from_epoch(path: str | Path, first_epoch: int) -> None:
+    """Rewrite a JSON-lines history (one object with an ``epoch`` per line) without the lines of ``first_epoch`` and
+    later, atomically; nothing happens when the file is missing or has no such line.
+
+    A run writes an epoch's history line before that epoch's checkpoint, so after a kill between the two the resumed
+    run repeats the epoch: its stale line is dropped here before the run writes it again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < first_epoch]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
