@@ -128,7 +128,7 @@ class ModelConfig:
         "and labelling time (the training CRF's kernel and bandwidth). 0 = off.",
     )
     test_colour_weight: float = param(
-        0.0, title="Test-time colour-model weight", minimum=0.0, maximum=10.0, automl_enabled=False,
+        0.0, title="Test-time colour-model weight", minimum=0.0, maximum=50.0, automl_enabled=False,
         automl_reason="a test-time choice",
         description="Weight of each instance's own colour model (object colours from its mask, background colours "
         "from the crop outside its box) added to the network's logits at validation and labelling time, before "
