@@ -154,18 +154,19 @@ class MALModule(pl.LightningModule):
 
     def _quality_terms(self, batch: dict[str, Any], raw: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Ground-truth-free quality terms (see :mod:`mal_core.engine.quality`) of the final logits ``logits``
-        (``raw`` = the network's, before any test-time refinement); every compared mask goes through the same
-        test-time path."""
+        (``raw`` = the network's, before any test-time refinement). The flip and teacher agreements compare the
+        networks' own outputs, before refinement (which would pull both masks towards the same image edges and
+        colours, and costs most of the labelling time)."""
         m, images, areas, box = self.test_mode, batch["image"], batch["box_area"], batch["box_mask"]
-        flipped_raw = self.model.predict_logits(images.flip(-1), areas, use_teacher=m.get("use_teacher", False),
-                                                use_mixed=m.get("use_mixed", False))
-        flipped = self._final(flipped_raw, images.flip(-1), box.flip(-1)).flip(-1)
+        mode = {"use_teacher": m.get("use_teacher", False), "use_mixed": m.get("use_mixed", False)}
+        unflipped = self.model.predict_logits(images, areas, **mode) if m.get("use_flip") else raw
+        flipped = self.model.predict_logits(images.flip(-1), areas, **mode).flip(-1)
         plain = m.get("use_teacher") or m.get("use_mixed") or m.get("use_flip")
-        student = self._final(self.model.student(images, areas), images, box) if plain else logits
-        teacher = self._final(self.model.teacher(images, areas), images, box)
+        student = self.model.student(images, areas) if plain else raw
+        teacher = self.model.teacher(images, areas)
         thr = float(self.cfg.train.mask_thres[0])
         coarse = resize_to(logits.float(), tuple(raw.shape[-2:]))  # the CRF term at the network's mask resolution
-        return {"flip": mask_agreement(logits, flipped, box, thr),
+        return {"flip": mask_agreement(unflipped, flipped, box, thr),
                 "teacher": mask_agreement(student, teacher, box, thr),
                 "margin": confidence_margin(logits, box),
                 "crf": mask_agreement(coarse, self._refined(coarse, images, box, QUALITY_REFINE_ITERS), box, thr),

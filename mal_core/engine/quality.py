@@ -1,7 +1,8 @@
 """Mask quality estimates without ground truth, for ranking labels so a reviewer sees the worst first.
 
-Each term is per instance, in [0, 1]: ``flip``: IoU between the mask and the mask predicted on the mirrored crop
-(mirrored back); ``teacher``: IoU between the student's and the EMA teacher's masks; ``margin``: mean |2p - 1| (how
+Each term is per instance, in [0, 1]: ``flip``: IoU between the network's mask and its mask of the mirrored crop
+(mirrored back); ``teacher``: IoU between the student's and the EMA teacher's masks (both before test-time
+refinement); ``margin``: mean |2p - 1| (how
 decided the probabilities are); ``crf``: IoU between the mask and its mean-field refinement with the image's colour
 edges; ``colour``: IoU between the mask and the pixels its own colour model calls object
 (:func:`mal_core.engine.colour_model.colour_agreement`: how far the image's colours disagree with the mask);
