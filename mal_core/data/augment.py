@@ -52,6 +52,13 @@ def to_normalised_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def unnormalised_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Normalised crops (B,3,H,W) -> RGB in [0, 1] (float32, same device), undoing the ImageNet normalisation."""
+    mean = torch.as_tensor(IMAGENET_MEAN).to(images.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD).to(images.device).view(1, 3, 1, 1)
+    return images.float() * std + mean
+
+
 def denormalise(t: torch.Tensor) -> np.ndarray:
     """(3, H, W) normalised tensor -> (H, W, 3) uint8 image."""
     arr = t.detach().cpu().float().numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN

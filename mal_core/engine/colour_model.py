@@ -12,9 +12,10 @@ one colour gives none, whatever the sizes of the mask and the ring.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from mal_core.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from mal_core.data.augment import unnormalised_rgb
+from mal_core.engine.quality import box_at
+from mal_core.losses.mil import resize_to
 
 #: Quantisation levels per RGB channel of the colour histograms.
 COLOUR_BINS = 16
@@ -26,9 +27,7 @@ LOG_RATIO_CLIP = 4.0
 
 def colour_index(images: torch.Tensor, bins: int = COLOUR_BINS) -> torch.Tensor:
     """Histogram bin (B,H,W) of every pixel of normalised crops (B,3,H,W)."""
-    mean = torch.as_tensor(IMAGENET_MEAN).to(images).view(1, 3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD).to(images).view(1, 3, 1, 1)
-    q = ((images.float() * std + mean).clamp(0.0, 1.0) * bins).long().clamp(max=bins - 1)
+    q = (unnormalised_rgb(images).clamp(0.0, 1.0) * bins).long().clamp(max=bins - 1)
     return (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
 
 
@@ -39,11 +38,11 @@ def _counts(index: torch.Tensor, weight: torch.Tensor, bins: int) -> torch.Tenso
     return counts.scatter_add_(1, flat, weight.flatten(1).float())
 
 
-def log_ratio(images: torch.Tensor, obj_weight: torch.Tensor, bg_weight: torch.Tensor,
+def log_ratio(index: torch.Tensor, obj_weight: torch.Tensor, bg_weight: torch.Tensor,
               bins: int = COLOUR_BINS) -> torch.Tensor:
-    """log(h_obj / h_bg) (B,1,H,W) at every pixel, for the colour histograms of the per-pixel weights
-    ``obj_weight`` and ``bg_weight`` (B,1,H,W), both shrunk towards their pooled histogram."""
-    index = colour_index(images, bins)
+    """log(h_obj / h_bg) (B,1,H,W) at every pixel of crops whose :func:`colour_index` is ``index`` (B,H,W), for the
+    colour histograms of the per-pixel weights ``obj_weight`` and ``bg_weight`` (B,1,H,W), both shrunk towards
+    their pooled histogram."""
     n_obj, n_bg = _counts(index, obj_weight[:, 0], bins), _counts(index, bg_weight[:, 0], bins)
     pooled = n_obj + n_bg
     pooled = pooled / pooled.sum(1, keepdim=True).clamp(min=1e-6)
@@ -54,21 +53,15 @@ def log_ratio(images: torch.Tensor, obj_weight: torch.Tensor, bg_weight: torch.T
     return torch.gather(ratio, 1, index.flatten(1)).view_as(obj_weight)
 
 
-def _at(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x.float()
-    return F.interpolate(x.float(), size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
-
-
 def colour_agreement(logits: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor,
                      threshold: float = 0.5) -> torch.Tensor:
     """IoU (B,) inside the box between the mask and the pixels whose colour the mask's own colour model calls
     object, at the crop's resolution; 1 when both are empty. Low when the mask covers colours common outside the
     box (background swallowed) or leaves out colours only the object has."""
     size = tuple(images.shape[-2:])
-    box = _at(box_mask, size, "nearest") > 0.5
-    mask = (torch.sigmoid(_at(logits, size, "bilinear")) > threshold) & box
-    colour = (log_ratio(images, mask.float(), (~box).float()) > 0) & box
+    box = box_at(box_mask, size)
+    mask = (torch.sigmoid(resize_to(logits.float(), size)) > threshold) & box
+    colour = (log_ratio(colour_index(images), mask.float(), (~box).float()) > 0) & box
     inter = (mask & colour).flatten(1).sum(1).float()
     union = (mask | colour).flatten(1).sum(1).float()
     return torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
@@ -80,10 +73,11 @@ def colour_refine(logits: torch.Tensor, images: torch.Tensor, box_mask: torch.Te
     log-ratio to the network's (upsampled) logits, re-estimating the object's colours from the current mask each
     round: GrabCut-like EM with the network as the prior. Foreground outside the box is zeroed."""
     size = tuple(images.shape[-2:])
-    box = _at(box_mask, size, "nearest")
-    prior = _at(logits, size, "bilinear")
+    box = box_at(box_mask, size).float()
+    prior = resize_to(logits.float(), size)
+    index = colour_index(images)
     probs = torch.sigmoid(prior) * box
     for _ in range(iters):
-        ratio = log_ratio(images, probs, 1.0 - box).clamp(-LOG_RATIO_CLIP, LOG_RATIO_CLIP)
+        ratio = log_ratio(index, probs, 1.0 - box).clamp(-LOG_RATIO_CLIP, LOG_RATIO_CLIP)
         probs = torch.sigmoid(prior + weight * ratio) * box
     return torch.logit(probs.clamp(1e-4, 1.0 - 1e-4))

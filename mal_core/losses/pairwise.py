@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mal_core.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from mal_core.data.augment import unnormalised_rgb
 
 _RGB_TO_XYZ = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
 _WHITE = torch.tensor([0.95047, 1.0, 1.08883])
@@ -30,9 +30,7 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
 
 def normalised_to_lab(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """ImageNet-normalised crop (B,3,S,S) -> Lab at ``size`` (area-averaged first, so texture is smoothed)."""
-    mean = torch.as_tensor(IMAGENET_MEAN).to(image).view(1, 3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD).to(image).view(1, 3, 1, 1)
-    rgb = image.float() * std + mean
+    rgb = unnormalised_rgb(image)
     if tuple(rgb.shape[-2:]) != tuple(size):
         rgb = F.interpolate(rgb, size=size, mode="area")
     return rgb_to_lab(rgb)
