@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import MeanMetric
 
+from mal_core.checkpoint_files import CHECKPOINT_FORMAT
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.engine.colour_model import colour_agreement, colour_refine
@@ -30,8 +31,6 @@ from mal_core.model.build import build_network
 from mal_core.utils.io import drop_history_from_epoch, json_safe
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
 
 
 class MALModule(pl.LightningModule):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from mal_core.checkpoint_files import HISTORY_FILE, best_checkpoint, read_history
 from mal_core.config.actions import ACTIONS
 from mal_core.config.checks import clamp_for_action
 from mal_core.config.experiment import ExperimentConfig
@@ -29,7 +30,6 @@ from mal_core.engine.trainer import build_trainer, device_settings
 from mal_core.errors import CheckpointError, DataError
 from mal_core.model.build import build_network
 from mal_core.model.weights import load_pretrained
-from mal_core.skill.parents import HISTORY_FILE, read_history, resolve_parent_in_folder
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     history = results_dir / HISTORY_FILE
     artifacts = {"checkpoints": ckpts,
                  "latest_checkpoint": str(latest) if latest.exists() else (ckpts[-1] if ckpts else None),
-                 "best_checkpoint": resolve_parent_in_folder(results_dir),
+                 "best_checkpoint": best_checkpoint(results_dir),
                  "validation_history": str(history) if history.exists() else None,
                  "resumed_from": str(resume) if resume else None}
     return EngineResult(

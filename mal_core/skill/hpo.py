@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mal_core.checkpoint_files import METRIC
 from mal_core.errors import MalError
 from mal_core.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
-METRIC = "mIoU"
 #: File in each trial folder with the trial's engine warnings (collapse checks, clamps) as a JSON list.
 TRIAL_WARNINGS = "warnings.json"
 ALGORITHMS = ("bayesian", "hyperband", "asha", "random")
@@ -345,7 +345,7 @@ def run_automl(*, base_tree: dict[str, Any], rows: list[dict[str, Any]], setting
     """Run (or resume) the experiment under ``exp_dir``; returns ``{trials, best_trial, experiment_path}``."""
     from ray import tune
 
-    from mal_core.skill.parents import resolve_parent_in_folder
+    from mal_core.checkpoint_files import best_checkpoint
 
     _init_ray(None, skill_root)
     epochs = epochs_for(settings, int(base_tree.get("train", {}).get("num_epochs") or 10))
@@ -395,7 +395,7 @@ def run_automl(*, base_tree: dict[str, Any], rows: list[dict[str, Any]], setting
         scores = [float(v) for v in (df[METRIC].tolist() if df is not None and METRIC in df else [])
                   if v is not None and math.isfinite(float(v))]
         folder = trial_dir(exp_dir, trial_id)
-        ckpt = resolve_parent_in_folder(folder)
+        ckpt = best_checkpoint(folder)
         warned = folder / TRIAL_WARNINGS
         trials.append({
             "trial_id": trial_id,

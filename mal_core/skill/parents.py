@@ -7,20 +7,15 @@ its best trial's folder.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mal_core.checkpoint_files import list_checkpoints
+from mal_core.checkpoint_files import checkpoint_metric, list_checkpoints, read_history
 from mal_core.config.actions import ACTIONS, ActionDecl
 from mal_core.errors import MalError
 from mal_core.skill.jobs import check_job_id, read_job
-
-HISTORY_FILE = "validation_history.jsonl"
-METRIC = "mIoU"
 
 
 class ParentError(MalError):
@@ -46,43 +41,6 @@ class ParentCheckpoint:
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return asdict(self)
-
-
-def read_history(folder: Path) -> list[dict[str, Any]]:
-    """Validation records of a train results folder (``validation_history.jsonl``); bad lines are skipped."""
-    path = folder / HISTORY_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            out.append(rec)
-    return out
-
-
-def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def checkpoint_metric(epoch: int, step: int, path: Path, history: list[dict[str, Any]]) -> float | None:
-    """mIoU of the last validation before a checkpoint: from the history, else from the checkpoint's record."""
-    before = [r for r in history if int(r.get("step", -1)) <= step]
-    if before:
-        return _finite(max(before, key=lambda r: (int(r["step"]), int(r.get("epoch", 0))))[METRIC])
-    if history:
-        return None
-    from mal_core.model.weights import torch_load  # lazy: torch
-
-    try:
-        obj = torch_load(path)
-    except Exception:  # an unreadable file simply has no metric
-        return None
-    metrics = obj.get("mal", {}).get("metrics", {}) if isinstance(obj, dict) else {}
-    return _finite(metrics.get(METRIC))
 
 
 def lookup_folder(jobs_root: Path, parent_id: str, parent_actions: tuple[str, ...] = ("train",)
@@ -200,14 +158,3 @@ def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:
             if isinstance(data, dict):
                 return data
     return None
-
-
-def resolve_parent_in_folder(folder: Path) -> str | None:
-    """Best-by-mIoU checkpoint path of a train results folder, or None when it holds none."""
-    ckpts = list_checkpoints(folder)
-    if not ckpts:
-        return None
-    history = read_history(folder)
-    scored = [(checkpoint_metric(e, s, p, history), s, p) for e, s, p in ckpts]
-    finite = [t for t in scored if t[0] is not None]
-    return str(max(finite, key=lambda t: (t[0], t[1]))[2] if finite else ckpts[-1][2])
