@@ -23,6 +23,42 @@ DEMO_TRAIN_IMAGES = 120
 DEMO_VAL_IMAGES = 30
 #: The held-out family the demo scores (drawn by another generator; no recipe decision was made on it).
 HELDOUT_FAMILY = "touching"
+#: The file a demo leaves in its ``--out`` folder: a later demo may reuse (and clear) only a folder marked so.
+DEMO_MARKER = ".mal_demo_output"
+#: What a demo writes at the top of ``--out`` (the only entries a later demo replaces).
+DEMO_ENTRIES = ("data", "data_heldout", "train", "eval", "inference", "heldout_eval")
+
+
+def claim_output_folder(out: str | Path) -> Path:
+    """The absolute ``--out`` folder once it is safe to write: a new or empty folder (marked as the demo's own
+    here), or one an earlier demo marked. Anything else, including ``--out ""``, is a :class:`SpecError` (exit 2)
+    raised before anything is created or deleted."""
+    if not str(out).strip():
+        raise SpecError("--out '' names no folder (it would mean the current folder); the demo writes only into a "
+                        "new or empty folder, or one an earlier demo made", field="out",
+                        hint="give a folder name, e.g. --out demo_output")
+    path = Path(out).absolute()
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise SpecError(f"--out {str(path)!r} is an existing file or link, expected a folder (the demo writes its "
+                        "data, checkpoints and labels there)", field="out", hint="pick another --out")
+    marker = path / DEMO_MARKER
+    if path.is_dir() and any(path.iterdir()) and not (marker.is_file() and not marker.is_symlink()):
+        raise SpecError(f"--out {str(path)!r} is a folder that holds files and was not made by `mal demo` (no "
+                        f"{DEMO_MARKER} in it); the demo never writes into or deletes from such a folder",
+                        field="out", hint="give a new or empty folder (an output of an older demo without the "
+                        "marker: delete it yourself)")
+    links = [path / name for name in DEMO_ENTRIES if (path / name).is_symlink()]
+    if links:
+        raise SpecError(f"--out {str(path)!r}: {links[0]} is a symbolic link; the demo does not write or delete "
+                        "through links", field="out", hint="remove the link or pick another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            marker.write_text("made by `mal demo`: a later demo may replace "
+                              f"{', '.join(DEMO_ENTRIES)} in this folder\n")
+    except OSError as exc:
+        raise SpecError(f"--out {str(path)!r}: cannot create the folder: {exc.strerror}", field="out") from exc
+    return path.resolve()
 
 
 def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, overrides: list[str] | None = None,
@@ -33,14 +69,13 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
     from mal_core.engine.train import run_train
 
     os.environ.setdefault("MAL_PROGRESS_BAR", "1")
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"--out {str(out)!r} is an existing file, expected a folder (the demo writes its data, "
-                        "checkpoints and labels there)", field="out", hint="pick another --out")
     recipe = Path(spec_path) if spec_path else DEFAULT_RECIPE
     if not recipe.is_file():
         raise SpecError(f"recipe {recipe} not found", field="spec")
-    for sub in ("train", "eval", "inference", "heldout_eval"):
+    raw = read_yaml(recipe)
+    parse_spec(raw, list(overrides or []))  # a bad --set is refused before the output folder is touched
+    out = claim_output_folder(out)
+    for sub in DEMO_ENTRIES[2:]:
         shutil.rmtree(out / sub, ignore_errors=True)
     t0 = time.time()
     data = generate_synthetic_dataset(out / "data", num_train_images=train_images, num_val_images=val_images,
@@ -50,7 +85,6 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
         "dataset.val_ann_path": data.val_ann_path, "dataset.val_img_dir": data.val_img_dir,
     }
     sets = [f"{k}={v}" for k, v in base.items()] + list(overrides or [])
-    raw = read_yaml(recipe)
     cfg, _ = parse_spec(raw, sets + [f"results_dir={out / 'train'}"])
     check_for_action(cfg, "train")
     print(f"[demo] training {cfg.model.arch} at crop {cfg.dataset.crop_size} for {cfg.train.num_epochs} epochs on "

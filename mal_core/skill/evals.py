@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -78,28 +79,38 @@ def _write_dataset(folder: Path) -> None:
     shutil.rmtree(staging)
 
 
+def _join(base: Path, rel: str) -> Path:
+    """``base / rel``, refused (:class:`EvalsError`) unless it resolves inside ``base`` (links included)."""
+    target = base / rel
+    real_base, real = os.path.realpath(base), os.path.realpath(target)
+    if Path(rel).is_absolute() or not real.startswith(real_base.rstrip(os.sep) + os.sep):
+        raise EvalsError(f"evals fixture path {rel!r} leaves its folder {base}", field="fixtures",
+                         hint="everything an evals file names stays inside the eval's own temp folder")
+    return target
+
+
 def _write_checkpoints(folder: Path, spec: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in spec.get("checkpoints", []):
-        (folder / name).write_bytes(b"fixture checkpoint: dry runs never open it")
+        _join(folder, name).write_bytes(b"fixture checkpoint: dry runs never open it")
     for name in spec.get("files", []):
-        (folder / name).write_bytes(b"fixture file: dry runs never open it")
+        _join(folder, name).write_bytes(b"fixture file: dry runs never open it")
     for name in spec.get("folders", []):  # e.g. a pretrain job's pretrained_model/
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        (folder / name / "config.json").write_text("{}")
+        _join(folder, name).mkdir(parents=True, exist_ok=True)
+        (_join(folder, name) / "config.json").write_text("{}")
     history = spec.get("history")
     if history:
         (folder / "validation_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
 
 
 def _write_job(jobs: Path, job_id: str, spec: dict[str, Any]) -> None:
-    job_dir = jobs / job_id
+    job_dir = _join(jobs, job_id)
     _write_checkpoints(job_dir, spec)
     record: dict[str, Any] = {"job_id": job_id, "action": spec.get("action", "train"), "status": "success",
                               "route": spec.get("route", "direct"), "results_dir": str(job_dir)}
     trial = spec.get("best_trial")
     if trial:
-        trial_dir = job_dir / "trials" / trial["trial_id"]
+        trial_dir = _join(job_dir / "trials", trial["trial_id"])
         _write_checkpoints(trial_dir, trial)
         record["automl"] = {"best_trial": {"trial_id": trial["trial_id"], "results_dir": str(trial_dir)}}
     (job_dir / "job.json").write_text(json.dumps(record))
@@ -109,18 +120,19 @@ def _skill_copy(root: Path, dest: Path, drop: list[str]) -> Path:
     for name in ("references", "schemas"):
         shutil.copytree(root / name, dest / name)
     for rel in drop:
-        (dest / rel).unlink(missing_ok=True)
+        _join(dest, rel).unlink(missing_ok=True)
     return dest
 
 
 def build_fixtures(fixtures: dict[str, Any], workdir: Path) -> dict[str, str]:
     """Create the data root and the jobs root of ``fixtures`` under ``workdir``; returns the placeholders."""
     data, jobs = workdir / "data", workdir / "jobs"
+    data.mkdir(parents=True, exist_ok=True)
     for name in fixtures.get("data", []):
-        _write_dataset(data / name)
+        _write_dataset(_join(data, name))
+    jobs.mkdir(parents=True, exist_ok=True)
     for job_id, spec in fixtures.get("jobs", {}).items():
         _write_job(jobs, job_id, spec)
-    jobs.mkdir(parents=True, exist_ok=True)
     return {"{data}": str(data), "{jobs}": str(jobs)}
 
 
@@ -138,6 +150,90 @@ def _subst(obj: Any, places: dict[str, str]) -> Any:
 
 # ----- loading -------------------------------------------------------------------------------------------------------
 
+#: Fixture keys of a job (and of its best trial) that name files or folders to create, relative to its folder.
+_NAME_LISTS = ("checkpoints", "files", "folders")
+#: Types of the optional ``expect`` values (``exit`` is an int).
+_EXPECT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "status": str, "route": str, "automl_policy": str, "message": str, "error_field": (str, type(None)),
+    "error_code": str, "data_sources": dict, "parent": dict, "spec": dict}
+
+
+def _bad(path: Path, where: str, what: str) -> EvalsError:
+    return EvalsError(f"evals file {str(path)!r}: {where} {what}", field=where,
+                      hint="fix the evals file; everything it names stays inside the eval's own temp folder")
+
+
+def _check_name(path: Path, where: str, name: Any, *, single: bool = False) -> None:
+    """``name`` is a relative path that stays inside the folder it is joined to (one plain name when ``single``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise _bad(path, where, f"must be a non-empty string, got {name!r}")
+    parts = Path(name).parts
+    if (Path(name).is_absolute() or "\0" in name or any(p in ("..", ".") for p in parts) or (single and len(parts) != 1)
+            or name.startswith("~")):
+        raise _bad(path, where, f"{name!r} must be a {'plain name' if single else 'relative path'} without '..' "
+                   "(absolute paths and paths leaving the eval's temp folder are refused)")
+
+
+def _check_list(path: Path, where: str, value: Any, *, names: bool = True) -> list[Any]:
+    if not isinstance(value, list):
+        raise _bad(path, where, f"must be a list, got {type(value).__name__}")
+    if names:
+        for i, name in enumerate(value):
+            _check_name(path, f"{where}[{i}]", name)
+    return value
+
+
+def _check_job_files(path: Path, where: str, spec: Any) -> None:
+    if not isinstance(spec, dict):
+        raise _bad(path, where, f"must be an object, got {type(spec).__name__}")
+    for key in _NAME_LISTS:
+        if key in spec:
+            _check_list(path, f"{where}.{key}", spec[key])
+    if "history" in spec:
+        for i, row in enumerate(_check_list(path, f"{where}.history", spec["history"], names=False)):
+            if not isinstance(row, dict):
+                raise _bad(path, f"{where}.history[{i}]", "must be an object")
+
+
+def _check_fixtures(path: Path, fixtures: Any) -> None:
+    """Every name a fixture creates is a relative path inside the temp folder; :class:`EvalsError` naming it."""
+    if not isinstance(fixtures, dict):
+        raise _bad(path, "fixtures", f"must be an object, got {type(fixtures).__name__}")
+    for i, name in enumerate(_check_list(path, "fixtures.data", fixtures.get("data", []))):
+        _check_name(path, f"fixtures.data[{i}]", name)
+    jobs = fixtures.get("jobs", {})
+    if not isinstance(jobs, dict):
+        raise _bad(path, "fixtures.jobs", f"must be an object of job id -> job, got {type(jobs).__name__}")
+    for job_id, spec in jobs.items():
+        where = f"fixtures.jobs.{job_id}"
+        _check_name(path, where, job_id, single=True)
+        _check_job_files(path, where, spec)
+        for key in ("action", "route"):
+            if key in spec and not isinstance(spec[key], str):
+                raise _bad(path, f"{where}.{key}", "must be a string")
+        if spec.get("best_trial") is not None:
+            _check_job_files(path, f"{where}.best_trial", spec["best_trial"])
+            _check_name(path, f"{where}.best_trial.trial_id", spec["best_trial"].get("trial_id"), single=True)
+
+
+def _check_case_types(path: Path, where: str, case: dict[str, Any]) -> None:
+    """Field types of one case, its ``skill_root.drop`` paths and its ``expect`` values."""
+    _check_name(path, f"{where}.id", case["id"], single=True)
+    if not isinstance(case["request"], str):
+        raise _bad(path, f"{where}.request", "must be a string")
+    if not isinstance(case["expect"], dict):
+        raise _bad(path, f"{where}.expect", f"must be an object, got {type(case['expect']).__name__}")
+    exit_code = case["expect"].get("exit")
+    if not isinstance(exit_code, int) or isinstance(exit_code, bool):
+        raise _bad(path, f"{where}.expect.exit", f"must be an integer exit code, got {exit_code!r}")
+    for key, kind in _EXPECT_TYPES.items():
+        if key in case["expect"] and not isinstance(case["expect"][key], kind):
+            raise _bad(path, f"{where}.expect.{key}", f"has the wrong type ({type(case['expect'][key]).__name__})")
+    root = case.get("skill_root", {})
+    if not isinstance(root, dict):
+        raise _bad(path, f"{where}.skill_root", "must be an object")
+    _check_list(path, f"{where}.skill_root.drop", root.get("drop", []))
+
 
 def load_evals(path: Path) -> dict[str, Any]:
     """Read and check ``evals.json``; :class:`EvalsError` naming the file and the bad case/key."""
@@ -147,6 +243,10 @@ def load_evals(path: Path) -> dict[str, Any]:
         raise EvalsError(f"evals file {str(path)!r} does not exist", field="evals")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise EvalsError(f"evals file {str(path)!r} cannot be read: {exc.strerror}", field="evals") from exc
+    except RecursionError as exc:
+        raise EvalsError(f"evals file {str(path)!r} is nested too deeply", field="evals") from exc
     except ValueError as exc:
         raise EvalsError(f"evals file {str(path)!r} is not valid JSON: {exc}", field="evals") from exc
     cases = doc.get("cases") if isinstance(doc, dict) else None
@@ -160,6 +260,7 @@ def load_evals(path: Path) -> dict[str, Any]:
         for key in ("id", "request", "action", "args", "expect"):
             if key not in case:
                 raise EvalsError(f"{path}: {where} lacks {key!r}", field=f"{where}.{key}")
+        _check_case_types(path, where, case)
         if case["id"] in seen:
             raise EvalsError(f"{path}: {where} repeats the id {case['id']!r}", field=f"{where}.id")
         seen.add(case["id"])
@@ -172,6 +273,7 @@ def load_evals(path: Path) -> dict[str, Any]:
         if unknown or "exit" not in case["expect"]:
             raise EvalsError(f"{path}: {where}.expect needs 'exit' and only {list(EXPECT_KEYS)} (got {unknown})",
                              field=f"{where}.expect")
+    _check_fixtures(path, doc.get("fixtures", {}))
     return doc
 
 
@@ -250,7 +352,7 @@ def run_evals(path: Path, skill_root: Path = SKILL_ROOT, echo: Any = print) -> l
         places = build_fixtures(doc.get("fixtures", {}), work)
         for case in doc["cases"]:
             drop = case.get("skill_root", {}).get("drop", [])
-            root = _skill_copy(skill_root, work / "skill" / case["id"], drop) if drop else skill_root
+            root = _skill_copy(skill_root, _join(work / "skill", case["id"]), drop) if drop else skill_root
             res = run_case(case, places, root)
             results.append(res)
             echo(f"{'PASS' if res.ok else 'FAIL'} {res.case_id} ({res.action}): {case['request']}")
