@@ -180,3 +180,141 @@ def test_malformed_evals_file_is_exit_2_naming_the_cause(tmp_path: Path, capsys:
     rc = cli_main(["evals", "--file", str(path)])
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and "Traceback" not in err, err
+
+
+# ----- 1c. a folder that is not a job is never adopted; 3. a damaged job.json is refused before anything moves --
+
+
+def _job_run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, action: str,
+             job_id: str, *extra: str) -> tuple[int, dict[str, Any], str]:
+    """One in-process run of ``action`` with the fake engine of test_job_isolation (no model, milliseconds)."""
+    import mal_core.skill.runner as runner
+    from mal_core.skill.testing import last_json_line
+    from tests.test_job_isolation import _argv, _inputs, fake_engine
+
+    monkeypatch.setattr(runner, "run_direct", fake_engine())
+    d = _inputs(tmp_path / "in") if not (tmp_path / "in").exists() else {
+        "ann": str(tmp_path / "in" / "inputs" / "ann.json"), "img": str(tmp_path / "in" / "inputs" / "images"),
+        "ckpt": str(tmp_path / "in" / "inputs" / "model.pth")}
+    rc = runner.main(action, _argv(action, d, tmp_path / "jobs", job_id, *extra))
+    captured = capsys.readouterr()
+    return rc, last_json_line(captured.out), captured.err
+
+
+def _assert_exit2(rc: int, out: dict[str, Any], err: str, *needles: str) -> None:
+    assert rc == 2, out
+    assert out["status"] == "failure" and out["error"], out
+    for needle in needles:
+        assert needle in out["error"]["message"], (needle, out["error"])
+    assert "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("action", ["train", "evaluate", "inference"])
+@pytest.mark.parametrize("content", ["user_files", "user_subfolder", "record_deleted"])
+def test_existing_folder_without_job_record_is_not_adopted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch, action: str,
+                                                           content: str) -> None:
+    folder = tmp_path / "jobs" / "mine"
+    folder.mkdir(parents=True)
+    if content == "user_files":
+        (folder / "thesis.tex").write_text("\\section{x}")
+        (folder / "metrics.json").write_text('{"mine": 1}')
+    elif content == "user_subfolder":
+        (folder / "photos").mkdir()
+        (folder / "photos" / "a.png").write_bytes(b"\x89PNG fake")
+    else:  # an earlier attempt's outputs whose job.json was deleted
+        rc, _out, _err = _job_run(capsys, monkeypatch, tmp_path, action, "mine")
+        assert rc == 0
+        (folder / "job.json").unlink()
+    before = _snapshot(tmp_path / "jobs")
+    rc, out, err = _job_run(capsys, monkeypatch, tmp_path, action, "mine")
+    _assert_exit2(rc, out, err, str(folder), "no job.json")
+    assert out["error"]["field"] == "job_id"
+    assert _snapshot(tmp_path / "jobs") == before
+
+
+def test_empty_folder_or_one_with_only_a_stale_lock_is_a_fresh_job(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "jobs" / "empty").mkdir(parents=True)
+    rc, out, _ = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "empty")
+    assert rc == 0 and out["status"] == "success"
+    (tmp_path / "jobs" / "killed" / "logs").mkdir(parents=True)  # killed between the lock and job.json
+    (tmp_path / "jobs" / "killed" / "job.lock").write_text("")
+    rc, out, _ = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "killed")
+    assert rc == 0 and out["status"] == "success"
+
+
+@pytest.mark.parametrize(("record", "needle"), [
+    ("", "it is empty"),
+    ("[]", "expected a JSON object, got list"),
+    ("{\"action\": \"evaluate\", \"status\": \"succ", "not valid JSON"),
+    ({"status": "success"}, "no 'action'"),
+    ({"action": "evaluate", "attempts": "2"}, "'attempts' is str"),
+    ({"action": "evaluate", "previous_attempts": {}}, "'previous_attempts' is dict"),
+    ({"action": "evaluate", "artifacts": []}, "'artifacts' is list"),
+    ({"action": "evaluate", "status": 1}, "'status' is int"),
+    ({"action": "evaluate", "attempts": 0}, "'attempts' is 0"),
+    ("folder", "link or a folder"),
+])
+def test_damaged_job_record_is_exit_2_before_anything_moves(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch, record: Any,
+                                                            needle: str) -> None:
+    rc, _out, _err = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "e1")
+    assert rc == 0
+    path = tmp_path / "jobs" / "e1" / "job.json"
+    if record == "folder":
+        path.unlink()
+        path.mkdir()
+        (path / "x").write_text("x")
+    else:
+        path.write_text(record if isinstance(record, str) else json.dumps(record))
+    before = _snapshot(tmp_path / "jobs")
+    rc, out, err = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "e1")
+    _assert_exit2(rc, out, err, str(path), "damaged", needle)
+    assert _snapshot(tmp_path / "jobs") == before  # nothing moved to previous_attempts, no lock left
+
+
+@pytest.mark.parametrize("plant", ["link_to_user_file", "dangling_link", "folder"])
+def test_job_lock_that_is_a_link_or_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch, plant: str) -> None:
+    rc, _out, _err = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "e1")
+    assert rc == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    lock = tmp_path / "jobs" / "e1" / "job.lock"
+    if plant == "link_to_user_file":
+        os.symlink(victim, lock)
+    elif plant == "dangling_link":
+        os.symlink(tmp_path / "nowhere.txt", lock)
+    else:
+        lock.mkdir()
+    before = _snapshot(tmp_path)
+    rc, out, err = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "e1")
+    _assert_exit2(rc, out, err, str(lock), "not a link or a folder")
+    assert _snapshot(tmp_path) == before and not (tmp_path / "nowhere.txt").exists()
+
+
+# ----- 1d. output paths disjoint from the archive and from what labelling writes later -------------------------------
+
+
+@pytest.mark.parametrize(("action", "key", "value", "needle"), [
+    ("evaluate", "evaluate.results_dir", "previous_attempts/1", "job's own 'previous_attempts'"),
+    ("evaluate", "evaluate.results_dir", "previous_attempts", "job's own 'previous_attempts'"),
+    ("inference", "inference.results_dir", "logs/x", "job's own 'logs'"),
+    ("evaluate", "results_dir", "previous_attempts/1/sub", "job's own 'previous_attempts'"),
+    ("inference", "inference.label_dump_path", "review/labels.json", "review folder"),
+    ("inference", "inference.label_dump_path", "review/thumbs/1.png", "review folder"),
+    ("inference", "inference.label_dump_path", "overlays/img0.png", "overlays folder"),
+])
+def test_outputs_never_land_in_the_archive_or_labelling_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch, action: str,
+                                                                key: str, value: str, needle: str) -> None:
+    rc, _out, _err = _job_run(capsys, monkeypatch, tmp_path, action, "j1")
+    assert rc == 0
+    rc, _out, _err = _job_run(capsys, monkeypatch, tmp_path, action, "j1")  # makes previous_attempts/1
+    assert rc == 0 and (tmp_path / "jobs" / "j1" / "previous_attempts" / "1").is_dir()
+    before = _snapshot(tmp_path / "jobs")
+    rc, out, err = _job_run(capsys, monkeypatch, tmp_path, action, "j1", "--set", f"{key}={value}")
+    _assert_exit2(rc, out, err, value, needle)
+    assert out["error"]["field"] == key
+    assert _snapshot(tmp_path / "jobs") == before

@@ -72,16 +72,68 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+#: Types a ``job.json`` field must have when present (None allowed where listed).
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "job_id": (str,), "action": (str,), "status": (str,), "attempts": (int,), "transitions": (list,),
+    "previous_attempts": (list,), "artifacts": (dict,), "metrics": (dict,), "error": (dict, type(None)),
+    "parent_id": (str, type(None)), "results_dir": (str, type(None)), "spec_path": (str, type(None)),
+    "checkpoint_dir": (str, type(None)), "route": (str, type(None)), "automl": (dict, type(None)),
+}
+
+
+def _damaged(path: Path, what: str) -> JobError:
+    return JobError(f"job record {path} is damaged: {what}; nothing in its folder was touched", field="job_id",
+                    hint=f"restore {path.name} (or move the folder away) and run again, or pick another --job-id")
+
+
 def read_job(job_dir: Path) -> dict[str, Any] | None:
-    """The ``job.json`` of a job folder, or None when there is none."""
+    """The ``job.json`` of a job folder, or None when there is none; a record that is a link, a folder, empty, not
+    a JSON object or has a field of the wrong type is a :class:`JobError` naming it (a damaged record is never
+    mistaken for a fresh job)."""
     path = job_dir / JOB_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    if path.is_symlink() or not path.is_file():
+        raise _damaged(path, "it is a link or a folder, expected a file")
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"it cannot be read ({exc})") from exc
+    except RecursionError as exc:
+        raise _damaged(path, "it is nested too deeply") from exc
     except ValueError as exc:
-        raise JobError(f"{path} is not valid JSON: {exc}", field="job_id") from exc
-    return data if isinstance(data, dict) else None
+        raise _damaged(path, "it is empty" if not text.strip() else f"it is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise _damaged(path, f"expected a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("action"), str):
+        raise _damaged(path, "it has no 'action' string")
+    for key, types in _RECORD_TYPES.items():
+        if key in data and (not isinstance(data[key], types) or isinstance(data[key], bool)):
+            raise _damaged(path, f"field {key!r} is {type(data[key]).__name__}, expected "
+                           f"{' or '.join(t.__name__ for t in types)}")
+    if "attempts" in data and data["attempts"] < 1:
+        raise _damaged(path, f"field 'attempts' is {data['attempts']}, expected 1 or more")
+    return data
+
+
+def refuse_foreign_folder(job_dir: Path) -> None:
+    """A folder at the job's place that holds files but no ``job.json`` is not ours: :class:`JobError` (exit 2)
+    naming it, so a run never writes into, nor later moves, files it did not write. An empty folder (or one a run
+    killed while creating the job left with only ``job.lock`` and an empty ``logs/``) is fine."""
+    if job_dir.is_symlink():
+        raise JobError(f"job folder {job_dir} is a symbolic link; a job folder must be a real folder",
+                       field="job_id", hint="remove the link or pick another --job-id")
+    if not job_dir.is_dir() or os.path.lexists(job_dir / JOB_FILE):
+        return
+    foreign = sorted(p.name for p in job_dir.iterdir()
+                     if not (p.name == LOCK_FILE or (p.name == LOG_DIR and p.is_dir() and not p.is_symlink()
+                                                     and not any(p.iterdir()))))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise JobError(f"folder {job_dir} exists and holds {shown} but no {JOB_FILE}: it is not a job of this tool "
+                       "(or its record was deleted), and a job never adopts files it did not write", field="job_id",
+                       hint="pick another --job-id or --jobs-root (a new or empty folder), or restore its job.json")
 
 
 def ensure_job_dir(job_dir: Path) -> None:
@@ -133,7 +185,12 @@ class JobLock:
         """Lock ``job_dir`` or raise :class:`JobError` (exit 2) naming the run that holds it."""
         path = job_dir / LOCK_FILE
         for _ in range(10):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link planted at job.lock (it would truncate the file it points to)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise JobError(f"lock file {path} cannot be opened ({exc.strerror}): it must be a regular file, "
+                               "not a link or a folder", field="job_id",
+                               hint=f"remove {path} if no run of this job is alive, or pick another --job-id") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -263,6 +320,7 @@ class Job:
         """
         job_id = check_job_id(job_id or new_job_id(action))
         job_dir = jobs_root / job_id
+        refuse_foreign_folder(job_dir)
         ensure_job_dir(job_dir)
         lock = JobLock.acquire(job_dir, job_id, action)
         try:

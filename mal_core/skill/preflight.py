@@ -26,6 +26,8 @@ from mal_core.skill.jobs import JOB_OWN_NAMES, LOG_DIR, SPEC_FILE
 
 #: Names in the job folder that no output may replace.
 RESERVED_NAMES = (*JOB_OWN_NAMES, SPEC_FILE, LOG_DIR)
+#: Folders of a results folder that labelling fills (overlays, the review page): never a place for the label file.
+LABELLING_DIRS = ("overlays", "review")
 
 
 def _real(path: str | Path) -> str:
@@ -59,6 +61,11 @@ def confine_results_dirs(action: str, tree: dict[str, Any], given: set[str], job
                             "writes only inside its own folder", field=key,
                             hint="leave it unset, give a folder relative to the job folder, or choose where the "
                                  "job folder goes with --jobs-root / --job-id")
+        first = (Path(os.path.relpath(_real(path), _real(job_dir))).parts or ("",))[0]
+        if first in RESERVED_NAMES:  # e.g. previous_attempts/1: an archived attempt is never rewritten
+            raise SpecError(f"{key} {value!r} lies in the job's own {first!r} (job records, logs and archived "
+                            "attempts are never written by an action)", field=key,
+                            hint="leave it unset or give another folder relative to the job folder")
         set_dotted(tree, key, str(path))
 
 
@@ -106,9 +113,10 @@ def _check_output_file(decl: ActionDecl, key: str, tree: dict[str, Any], job_dir
         if first in RESERVED_NAMES:
             raise SpecError(f"{key} {value!r} would overwrite the job's own {first!r}", field=key,
                             hint=hint)
-    if is_inside(target, base / "overlays"):
-        raise SpecError(f"{key} {value!r} lies in the overlays folder of the results", field=key,
-                        hint=hint)
+    for folder in LABELLING_DIRS:
+        if is_inside(target, base / folder):
+            raise SpecError(f"{key} {value!r} lies in the {folder} folder of the results (labelling writes "
+                            "that folder after the labels, and would overwrite them)", field=key, hint=hint)
 
 
 def _need_path(value: str | None, key: str, *, folder_ok: bool) -> None:
