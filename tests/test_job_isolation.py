@@ -457,9 +457,10 @@ def test_failed_rerun_moves_the_earlier_attempt_aside(tmp_path: Path, capsys: py
 
 
 @pytest.mark.parametrize("action", ["evaluate", "inference"])
-def test_rerun_with_bad_input_leaves_the_job_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch, action: str) -> None:
-    # bad input is caught before the job is opened: the earlier attempt stays current, record and files alike
+def test_rerun_with_bad_input_is_recorded_as_a_refused_attempt(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    # bad input is caught before anything runs; the record's latest attempt is the refused one (issue 18), and the
+    # earlier attempt's outputs stay listed as that attempt's (moved aside as on any re-run)
     monkeypatch.setattr(runner, "run_direct", fake_engine(miou=0.7))
     d = _inputs(tmp_path)
     jobs = tmp_path / "jobs"
@@ -471,9 +472,12 @@ def test_rerun_with_bad_input_leaves_the_job_untouched(tmp_path: Path, capsys: p
     rc, out = _run(capsys, action, _argv(action, d, jobs, "j1", "--set", f"{key}={bad}"))
     assert rc == 2 and str(bad) in out["error"]["message"] and "not valid JSON" in out["error"]["message"]
     assert out["artifacts"] == {} and out["metrics"] == {}
-    assert _snapshot(jobs / "j1") == before
     rec = read_job(jobs / "j1")
-    assert rec["status"] == "success" and rec["attempts"] == 1
+    assert rec["status"] == "failure" and rec["attempts"] == 2 and str(bad) in rec["error"]["message"]
+    assert rec["artifacts"] == {} and rec["metrics"] == {}
+    assert rec["previous_attempts"][-1]["status"] == "success" and rec["previous_attempts"][-1]["artifacts"]
+    moved = _snapshot(jobs / "j1" / "previous_attempts" / "1")
+    assert {k: v for k, v in before.items() if k not in ("job.json",)} == moved
 
 
 def test_kill_9_of_a_rerun_leaves_no_stale_output(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -144,7 +144,7 @@ def test_bad_checkpoint_paths_and_settings_exit_2_before_anything_runs(
     assert expect.format(**names) in err["message"], err
 
 
-def test_preflight_failure_on_a_rerun_leaves_the_job_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_preflight_failure_on_a_rerun_keeps_the_files_and_records_the_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     def engine(action: str, spec: ResolvedSpec) -> EngineResult:
         ckpt = Path(spec.tree["results_dir"]) / "model_epoch_000_step_00001.pth"
@@ -165,7 +165,11 @@ def test_preflight_failure_on_a_rerun_leaves_the_job_as_it_was(tmp_path: Path, c
     assert runner.main(action, argv) == 2
     err = last_json_line(capsys.readouterr().out)["error"]
     assert "not valid JSON" in err["message"] and d["ann"] in err["message"]
-    assert snapshot() == before  # same record (status success, metrics), same checkpoint, no lock left
+    after = snapshot()  # same checkpoint, no lock left; the record's latest attempt is the refused one (issue 18)
+    assert {k: v for k, v in after.items() if k != "job.json"} == {k: v for k, v in before.items() if k != "job.json"}
+    record = json.loads(after["job.json"])
+    assert record["status"] == "failure" and d["ann"] in record["error"]["message"]
+    assert record["previous_attempts"][-1]["status"] == "success" and record["previous_attempts"][-1]["metrics"]
 
 
 AUTOML_SCRIPT = """

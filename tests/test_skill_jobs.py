@@ -80,7 +80,7 @@ def test_parent_never_picks_leftovers(tmp_path: Path) -> None:
     (d / "model_epoch_000_step_00001.ckpt").write_bytes(b"x")
     (d / "lightning_logs").mkdir()
     (d / "lightning_logs" / "model_epoch_000_step_00001.pth").write_bytes(b"x")
-    (d / "job.json").write_text(json.dumps({"job_id": "t2", "action": "train", "status": "failure"}))
+    (d / "job.json").write_text(json.dumps({"job_id": "t2", "action": "train", "status": "success"}))
     with pytest.raises(ParentError, match="no model_epoch"):
         resolve_parent(tmp_path, "t2")
     with pytest.raises(ParentError, match="does not exist"):

@@ -318,3 +318,107 @@ def test_outputs_never_land_in_the_archive_or_labelling_folders(tmp_path: Path, 
     _assert_exit2(rc, out, err, value, needle)
     assert out["error"]["field"] == key
     assert _snapshot(tmp_path / "jobs") == before
+
+
+# ----- 3. a partial last history line (kill mid-write) is tolerated on resume ---------------------------------------
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("validation_history.jsonl", '{"epoch": 0, "step": 4, "mIoU": 0.5}\n{"epoch": 1, "step": 8, "mI'),
+    ("validation_history.jsonl", '{"epoch": 0, "step": 4, "mIoU": 0.5}\n{"epoch": 1, "step": 8, "mIoU": 0.6}'),
+    ("pretrain_history.jsonl", '{"epoch": 0, "loss": 0.9}\n\x00\x00\n{"epoch": 1, "loss": 0.8}\n{"epo'),
+])
+def test_partial_history_line_is_dropped_before_the_resumed_run_appends(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture,
+                                                                         name: str, text: str) -> None:
+    from mal_core.utils.io import drop_history_from_epoch, read_jsonl_records
+
+    path = tmp_path / name
+    path.write_text(text)
+    complete = [json.loads(line) for line in text.splitlines() if line.strip().endswith("}")]
+    drop_history_from_epoch(path, first_epoch=5)  # what a resumed run does first
+    assert read_jsonl_records(path) == complete
+    with path.open("a") as fh:  # the resumed run's next line lands on a line of its own
+        fh.write(json.dumps({"epoch": 5, "loss": 0.1}) + "\n")
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [*complete, {"epoch": 5, "loss": 0.1}]
+    if not text.endswith("}"):
+        assert str(path) in caplog.text and "dropped" in caplog.text
+
+
+def test_parent_with_a_partial_history_line_still_resolves(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    rc, _out, _err = _job_run(capsys, monkeypatch, tmp_path, "train", "t1")
+    assert rc == 0
+    history = tmp_path / "jobs" / "t1" / "validation_history.jsonl"
+    history.write_text('{"epoch": 0, "step": 1, "mIoU": 0.5}\n{"epoch": 1, "st')
+    rc = cli_main(["evaluate", "--jobs-root", str(tmp_path / "jobs"), "--parent-job-id", "t1", "--dry-run",
+                   "--set", f"dataset.val_ann_path={tmp_path / 'in' / 'inputs' / 'ann.json'}",
+                   "--set", f"dataset.val_img_dir={tmp_path / 'in' / 'inputs' / 'images'}"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0, out
+    assert out["plan"]["parent"]["method"] == "best" and out["plan"]["parent"]["metric"] == 0.5
+
+
+# ----- 3. a re-run refused by preflight is recorded as the latest attempt -------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["evaluate", "inference", "train"])
+def test_rerun_refused_by_preflight_is_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    rc, first, _err = _job_run(capsys, monkeypatch, tmp_path, action, "j1")
+    assert rc == 0
+    ann = tmp_path / "in" / "inputs" / "ann.json"
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [')
+    key = {"train": "dataset.train_ann_path", "evaluate": "dataset.val_ann_path",
+           "inference": "inference.ann_path"}[action]
+    ann_before = ann.read_bytes()
+    rc, out, err = _job_run(capsys, monkeypatch, tmp_path, action, "j1", "--set", f"{key}={broken}")
+    _assert_exit2(rc, out, err, str(broken))
+    record = json.loads((tmp_path / "jobs" / "j1" / "job.json").read_text())
+    assert record["status"] == "failure" and record["attempts"] == 2, record
+    assert str(broken) in record["error"]["message"] and record["refused_by"] == "preflight"
+    assert record["artifacts"] == {} and record["metrics"] == {}  # nothing of the earlier attempt is the latest's
+    earlier = record["previous_attempts"][-1]
+    assert earlier["attempt"] == 1 and earlier["status"] == "success" and earlier["metrics"] == first["metrics"]
+    if action != "train":  # the earlier outputs moved with their record, and the paths follow them
+        for value in earlier["artifacts"].values():
+            if isinstance(value, str) and value.startswith(str(tmp_path / "jobs")):
+                assert "previous_attempts/1" in value and Path(value).exists()
+    assert ann.read_bytes() == ann_before and not (tmp_path / "jobs" / "j1" / "job.lock").exists()
+
+
+def test_refused_fresh_job_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("[]")
+    rc, out, err = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "fresh", "--set",
+                            f"dataset.val_ann_path={broken}")
+    _assert_exit2(rc, out, err, str(broken))
+    assert not (tmp_path / "jobs" / "fresh").exists()
+
+
+# ----- 3. a child job refuses a parent that did not end in success ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("child", "status"), [("evaluate", "running"), ("evaluate", "failure"),
+                                               ("inference", "interrupted"), ("inference", "pending")])
+def test_child_refuses_a_parent_that_did_not_succeed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch, child: str,
+                                                     status: str) -> None:
+    rc, _out, _err = _job_run(capsys, monkeypatch, tmp_path, "train", "t1")
+    assert rc == 0
+    path = tmp_path / "jobs" / "t1" / "job.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "status": status}))
+    before = _snapshot(tmp_path / "jobs")
+    d = tmp_path / "in" / "inputs"
+    sets = {"evaluate": [f"dataset.val_ann_path={d / 'ann.json'}", f"dataset.val_img_dir={d / 'images'}"],
+            "inference": [f"inference.ann_path={d / 'ann.json'}", f"inference.img_dir={d / 'images'}"]}[child]
+    rc = cli_main([child, "--jobs-root", str(tmp_path / "jobs"), "--job-id", "c1", "--parent-job-id", "t1",
+                   *[x for s in sets for x in ("--set", s)]])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    _assert_exit2(rc, out, captured.err, "'t1'", f"status {status!r}", str(path))
+    assert out["error"]["field"] == "parent_job_id"
+    assert _snapshot(tmp_path / "jobs") == before

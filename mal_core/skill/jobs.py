@@ -398,3 +398,24 @@ class Job:
         handler = logging.FileHandler(self.dir / LOG_DIR / f"{self.record['action']}.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         return handler
+
+
+def record_refused_attempt(jobs_root: Path, action: str, job_id: str | None, parent_id: str | None,
+                           error: dict[str, Any], **create_kwargs: Any) -> bool:
+    """A re-run of an existing job refused before it started (bad input found by preflight) is still an attempt:
+    the record's latest attempt becomes this one, ``failure`` with its cause, and the earlier attempt (its outputs
+    moved aside as on any re-run) is listed under ``previous_attempts``. Nothing happens for a job id that has no
+    record yet, or one another run holds; returns whether the refusal was recorded. ``create_kwargs`` go to
+    :meth:`Job.create` as for the attempt the refusal stands for."""
+    if not job_id or not (jobs_root / job_id / JOB_FILE).is_file():
+        return False
+    try:
+        job = Job.create(jobs_root, action, job_id, parent_id=parent_id, **create_kwargs)
+    except MalError as exc:
+        log.warning("job %s: the refused attempt is not recorded: %s", job_id, exc.message)
+        return False
+    try:
+        job.finish(False, error=error, refused_by="preflight")
+    finally:
+        job.close()
+    return True

@@ -58,6 +58,11 @@ def lookup_folder(jobs_root: Path, parent_id: str, parent_actions: tuple[str, ..
     if record.get("action") not in (None, *parent_actions):
         raise ParentError(f"parent job {parent_id!r} ran {record.get('action')!r}; a parent here must be a "
                           f"{' or '.join(parent_actions)} job", field="parent_job_id")
+    if record.get("status") != "success":  # e.g. running, interrupted, or killed before its output was checked
+        raise ParentError(f"parent job {parent_id!r} has status {record.get('status')!r} in "
+                          f"{job_dir / 'job.json'}, expected 'success': its outputs are not known to be complete",
+                          field="parent_job_id", hint="wait for it to finish or re-run it to success; or pass the "
+                          "checkpoint file itself (e.g. --set evaluate.checkpoint=PATH)")
     automl = record.get("automl")
     if record.get("route") == "automl" or automl:
         best = (automl or {}).get("best_trial")

@@ -208,8 +208,14 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
             return 0
         from mal_core.skill.preflight import preflight
 
-        checked = preflight(action, spec)  # bad input stops here: no job touched, no Ray, no worker
         jobs_root = default_jobs_root(args.jobs_root)
+        try:
+            checked = preflight(action, spec)  # bad input stops here: no new job, no Ray, no worker
+        except MalError as exc:  # a re-run of an existing job records its refused attempt
+            from mal_core.skill.jobs import record_refused_attempt
+
+            record_refused_attempt(jobs_root, action, out["job_id"], args.parent_job_id, exc.to_dict())
+            raise
         job = Job.create(jobs_root, action, out["job_id"], parent_id=args.parent_job_id)
         handlers.append(job.log_handler())
         logging.getLogger().addHandler(handlers[-1])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -53,16 +56,53 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
     return atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")
 
 
+def _jsonl_lines(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """(line, record) of each JSON-object line and the number of lines dropped as unreadable, each logged."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    dropped = 0
+    lines = path.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict):
+            dropped += 1
+            where = "its last line" if i == len(lines) else f"line {i}"
+            log.warning("%s: %s is not a complete JSON record (a run killed while writing it?); dropped", path,
+                        where)
+            continue
+        out.append((line, rec))
+    return out, dropped
+
+
+def read_jsonl_records(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON-object lines of a history file (``[]`` when it is missing); a partial last line left by a kill
+    mid-write, or any damaged line, is skipped with a warning naming the file."""
+    path = Path(path)
+    return [rec for _, rec in _jsonl_lines(path)[0]] if path.is_file() else []
+
+
+def _epoch(rec: dict[str, Any]) -> int | None:
+    value = rec.get("epoch")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def drop_history_from_epoch(path: str | Path, first_epoch: int) -> None:
     """Rewrite a JSON-lines history (one object with an ``epoch`` per line) without the lines of ``first_epoch`` and
     later, atomically; nothing happens when the file is missing or has no such line.
 
     A run writes an epoch's history line before that epoch's checkpoint, so after a kill between the two the resumed
-    run repeats the epoch: its stale line is dropped here before the run writes it again."""
+    run repeats the epoch: its stale line is dropped here before the run writes it again. A kill while the line was
+    being written leaves a partial last line: it is dropped too (with a warning), so the next line appended starts
+    on a line of its own."""
     path = Path(path)
     if not path.is_file():
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < first_epoch]
-    if len(kept) != len(lines):
+    records, dropped = _jsonl_lines(path)
+    kept = [line for line, rec in records if (epoch := _epoch(rec)) is not None and epoch < first_epoch]
+    raw = path.read_bytes()
+    if dropped or len(kept) != len(records) or (raw and not raw.endswith(b"\n")):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
