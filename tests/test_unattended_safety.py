@@ -422,3 +422,72 @@ def test_child_refuses_a_parent_that_did_not_succeed(tmp_path: Path, capsys: pyt
     _assert_exit2(rc, out, captured.err, "'t1'", f"status {status!r}", str(path))
     assert out["error"]["field"] == "parent_job_id"
     assert _snapshot(tmp_path / "jobs") == before
+
+
+# ----- 4. the archive cache is keyed on content ----------------------------------------------------------------------
+
+
+def _tar_bytes(files: dict[str, bytes], mode: str = "w") -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("suffix", "mode", "second"), [
+    (".tar", "w", {"images/a.png": b"B" * 700}),  # same names, other bytes: tar pads to the same size
+    (".tar", "w", {"images/b.png": b"A" * 900}),  # another file list of the same padded size
+    (".tar.gz", "w:gz", None),  # same length after a few bytes of the gzip stream are changed in place
+])
+def test_archive_replaced_with_same_size_and_time_is_not_served_from_the_cache(tmp_path: Path, suffix: str,
+                                                                               mode: str, second: Any) -> None:
+    from mal_core.skill.datasources import resolve_value
+
+    archive = tmp_path / f"images{suffix}"
+    first = _tar_bytes({"images/a.png": b"A" * 700}, mode)
+    archive.write_bytes(first)
+    os.utime(archive, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    got = resolve_value("inference.img_dir", str(archive), tmp_path / "cache")
+    assert not got.cached and (Path(got.local_path) / "a.png").read_bytes() == b"A" * 700
+    assert resolve_value("inference.img_dir", str(archive), tmp_path / "cache").cached  # same bytes: a hit
+    if second is not None:
+        replacement = _tar_bytes(second, mode)
+    else:  # a gzip of the other content padded to the same length is hard to make: use the same content with
+        # another gzip header mtime (bytes 4-7), a different file of the same size
+        replacement = first[:4] + bytes([first[4] ^ 0xFF]) + first[5:]
+    assert len(replacement) == len(first) and replacement != first
+    st = archive.stat()
+    archive.write_bytes(replacement)
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))  # what cp -p / rsync -t leave
+    assert archive.stat().st_size == st.st_size and archive.stat().st_mtime_ns == st.st_mtime_ns
+    again = resolve_value("inference.img_dir", str(archive), tmp_path / "cache")
+    assert not again.cached and again.local_path != got.local_path
+    if second is not None:
+        name, data = next(iter(second.items()))
+        assert (Path(again.local_path) / Path(name).name).read_bytes() == data
+
+
+@pytest.mark.parametrize("plant", ["file", "below_a_file"])
+def test_mal_cache_dir_that_is_a_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch, plant: str) -> None:
+    cache = tmp_path / "cache_file"
+    cache.write_text("the user's file")
+    monkeypatch.setenv("MAL_CACHE_DIR", str(cache) if plant == "file" else str(cache / "sub"))
+    archive = tmp_path / "images.tar"
+    archive.write_bytes(_tar_bytes({"images/a.png": b"A"}))
+    before = _snapshot(tmp_path)
+    rc = cli_main(["inference", "--jobs-root", str(tmp_path / "jobs"), "--dry-run",
+                   "--set", f"inference.img_dir={archive}", "--set", f"inference.ann_path={tmp_path / 'a.json'}",
+                   "--set", f"inference.checkpoint={tmp_path / 'm.pth'}"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    _assert_exit2(rc, out, captured.err, "MAL_CACHE_DIR")
+    assert out["error"]["field"] == "MAL_CACHE_DIR" and str(cache) in out["error"]["message"]
+    assert _snapshot(tmp_path) == before

@@ -1,10 +1,11 @@
 """Data-source values: local files/folders, local ``*.tar.gz`` archives, ``s3://bucket/key`` objects or
 ``s3://bucket/prefix/`` folders.
 
-Remote objects and archives are fetched once into a cache keyed by URI + ETag (local: size + mtime; an S3 folder:
-a digest of every key, size and ETag under the prefix), and archives are extracted safely: absolute names, ``..``,
-links and device files are rejected. An S3 value that is not an object but has objects under ``value/`` is read
-as a folder.
+Remote objects and archives are fetched once into a cache keyed by URI + ETag (a local archive: the SHA-256 of its
+bytes, read in full on every run, so an archive replaced by another of the same size and time is never served from
+the cache; an S3 folder: a digest of every key, size and ETag under the prefix), and archives are extracted safely:
+absolute names, ``..``, links and device files are rejected. An S3 value that is not an object but has objects
+under ``value/`` is read as a folder.
 
 An archive is extracted into a temporary folder that is renamed into the cache only after the whole stream read
 back without error (compression checksum included, and the tar end-of-archive marker where the headers stop); a
@@ -71,9 +72,32 @@ class Resolved:
 
 
 def default_cache_dir(jobs_root: Path) -> Path:
-    """``$MAL_CACHE_DIR``, else ``<jobs_root>/.cache/datasources``."""
+    """``$MAL_CACHE_DIR``, else ``<jobs_root>/.cache/datasources``; :class:`DataSourceError` (exit 2) naming
+    ``MAL_CACHE_DIR`` when it (or the nearest existing folder above it) is a file rather than a folder."""
     env = os.environ.get("MAL_CACHE_DIR")
-    return Path(env) if env else jobs_root / ".cache" / "datasources"
+    path = Path(env) if env else jobs_root / ".cache" / "datasources"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == path else f" ({existing} above it)"
+        raise DataSourceError(f"{'MAL_CACHE_DIR' if env else 'data cache'} {str(path)!r}{where} is an existing "
+                              "file, expected a folder (downloaded and extracted data sources are cached there)",
+                              field="MAL_CACHE_DIR", hint="point MAL_CACHE_DIR at a folder, or move the file away")
+    return path
+
+
+#: Bytes read at a time when hashing a local archive.
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def content_digest(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, streamed in :data:`HASH_CHUNK_BYTES` chunks (memory stays constant)."""
+    digest = hashlib.sha256()
+    buf = bytearray(HASH_CHUNK_BYTES)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def is_archive(name: str) -> bool:
@@ -386,8 +410,10 @@ def resolve_value(key: str, value: str, cache: Path, *, dry_run: bool = False) -
     if not path.exists():
         raise DataSourceError(f"{key}: {value} does not exist", field=key)
     if path.is_file() and is_archive(path.name):
-        st = path.stat()
-        version = f"{st.st_size}-{st.st_mtime_ns}"
+        try:  # keyed on content: same size and time (tar pads, cp -p / rsync -t keep times) are not the same data
+            version = f"sha256:{content_digest(path)}"
+        except OSError as exc:
+            raise DataSourceError(f"{key}: cannot read {value}: {exc.strerror}", field=key) from exc
         uri = str(path.resolve())
         if dry_run:
             return Resolved(key, value, str(cache / _cache_key(uri, version)), "local_archive")
