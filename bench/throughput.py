@@ -14,7 +14,8 @@ check, backward, AdamW over the student's trainable
 parameters (the spec's betas/eps/wd, lr scaled by the batch), EMA update. It runs under the precision Lightning would
 pick (bf16 autocast on CUDA with train.use_amp, fp16 + GradScaler where bf16 is missing, fp32 otherwise) and the spec's
 determinism flags. Inputs are random normalised crops with a random box each (COCO-like 640x480 images, crop geometry
-from mal_core.data.crops). Inference is predict_logits + paste_masks under inference_mode, as Lightning's predict.
+from mal_core.data.crops). Inference is the labelling core (mal_core.engine.labelling: network, test-time refinement,
+paste, quality terms, score) under inference_mode, exactly what a labelling job runs per batch.
 
 On CPU each config is also exported to ONNX (mal_core.engine.export) and the graph's forward (student and teacher
 logits of a batch of crops) is timed in PyTorch and in onnxruntime's CPU provider on the same batches (--no-onnx
@@ -58,9 +59,9 @@ from mal_core.data.crops import box_mask_in_crop, eval_margins, expand_box, trai
 from mal_core.data.datamodule import load_train_coco  # noqa: E402
 from mal_core.data.datasets import BoxCropDataset, collate_crops  # noqa: E402
 from mal_core.data.synthetic import generate_synthetic_dataset  # noqa: E402
+from mal_core.engine.labelling import Labeller, TestTimeSettings  # noqa: E402
 from mal_core.engine.module import MALModule  # noqa: E402
 from mal_core.engine.optim import build_optimizer  # noqa: E402
-from mal_core.engine.postprocess import paste_masks  # noqa: E402
 from mal_core.engine.schedule import scaled_lr  # noqa: E402
 from mal_core.engine.trainer import precision_for  # noqa: E402
 from mal_core.losses import crf as crf_module  # noqa: E402
@@ -77,7 +78,7 @@ DEFAULT_STEPS = {"cpu": (5, 2), "cuda": (20, 5)}  # (steps, warmup)
 MAX_CPU_STEPS_BASE512 = 3
 IMAGE_HW = (480, 640)  # (height, width) of the simulated source images
 TRAIN_PARTS = ("to_device", "student_fwd", "teacher_fwd", "crf_refine", "losses", "backward", "optimizer", "ema")
-INFER_PARTS = ("to_device", "predict", "paste")
+INFER_PARTS = ("to_device", "label")
 FLOP_PARTS = ("student_fwd", "teacher_fwd", "backward")
 
 # Dense peak TFLOPS per GPU (name substring, first match wins): bf16/fp16 tensor cores, TF32 tensor cores, plain fp32.
@@ -245,6 +246,7 @@ def make_batch(cfg: ExperimentConfig, batch_size: int, *, train: bool, rng: np.r
         batch["ext_box"] = torch.tensor(exts, dtype=torch.long)
         batch["box"] = torch.tensor(boxes, dtype=torch.float64)
         batch["image_size"] = torch.tensor([IMAGE_HW] * batch_size, dtype=torch.long)
+        batch["index"] = torch.arange(batch_size)
     return batch
 
 
@@ -342,17 +344,14 @@ class StepRunner:
                 model.ema_update()
 
     def infer_step(self, host: dict[str, torch.Tensor]) -> None:
-        model, inf = self.module.model, self.cfg.inference
+        inf = self.cfg.inference
+        mode = {"use_teacher": inf.use_teacher_test, "use_mixed": inf.use_mixed_model_test,
+                "use_flip": inf.use_flip_test}
+        labeller = Labeller(self.module.model, TestTimeSettings.from_config(self.cfg, mode))
         with self.phase("to_device"):
             batch = _to_device(host, self.device)
-        with torch.inference_mode(), self.autocast():
-            with self.phase("predict"):
-                logits = model.predict_logits(batch["image"], batch["box_area"], use_teacher=inf.use_teacher_test,
-                                              use_mixed=inf.use_mixed_model_test, use_flip=inf.use_flip_test)
-            with self.phase("paste"):
-                pasted = paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"],
-                                     batch["box_area"], self.cfg.train.mask_thres, batch["box"])
-                _ = [p.mask.cpu() for p in pasted]  # predict_step hands masks back on the host
+        with torch.inference_mode(), self.autocast(), self.phase("label"):
+            labeller.label(batch)  # masks come back on the host, as a labelling job gets them
 
 
 def _timed(fn: Callable[[dict], None], batches: list[dict], warmup: int, steps: int, device: torch.device) -> float:

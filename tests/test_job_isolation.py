@@ -43,7 +43,7 @@ def fake_engine(miou: float = 0.5, fail: BaseException | None = None):
     """A stand-in for :func:`runner.run_direct` writing what the engine writes (metrics.json, the label JSON, a
     checkpoint); raises ``fail`` after writing a partial output when given."""
 
-    def run(action: str, spec: ResolvedSpec) -> EngineResult:
+    def run(action: str, spec: ResolvedSpec, report: Any = None) -> EngineResult:
         tree = spec.tree
         out = _results(tree, action)
         out.mkdir(parents=True, exist_ok=True)
@@ -266,7 +266,7 @@ def test_a_fresh_job_never_resumes_another_jobs_checkpoint(tmp_path: Path, capsy
     d = _inputs(tmp_path)
     seen: dict[str, Any] = {}
 
-    def engine(action: str, spec: ResolvedSpec) -> EngineResult:
+    def engine(action: str, spec: ResolvedSpec, report: Any = None) -> EngineResult:
         seen.update(spec.tree)
         return fake_engine()(action, spec)
 
@@ -331,7 +331,7 @@ import mal_core.skill.runner as runner
 from mal_core.engine.result import EngineResult
 from mal_core.utils.io import atomic_write_json
 
-def slow(action, spec):
+def slow(action, spec, report=None):
     out = Path(spec.tree[action].get("results_dir") or spec.tree["results_dir"])
     atomic_write_json(out / "partial.json", {"half": True})
     time.sleep(float(sys.argv[1]))

@@ -130,7 +130,7 @@ def test_test_time_refinement_pulls_the_mask_onto_the_colour_edge():
     box = torch.ones(1, 1, 64, 64)
     logits = torch.full((1, 1, 16, 16), -3.0)
     logits[..., :, 2:11] = 3.0  # a mask that spills 3 columns past the edge (column 8) and misses 2 on the left
-    refined = module._refined(logits, image, box, 10)
+    refined = module.labeller.refined(logits, image, box, 10)
     fg = refined[0, 0] > 0
     want = torch.zeros(16, 16, dtype=torch.bool)
     want[:, :8] = True

@@ -58,6 +58,9 @@ class ActionDecl:
     preflight: str = ""  # "module:function" reading the action's data before a job starts: (cfg) -> counts
     output_example: str = ""  # example value of the output file key (hint of preflight errors)
     shorthand_section: str = "train"  # the section that shorthand flags (--num_epochs, --lr, ...) set for this action
+    resume_key: str = ""  # "module:function" (cfg) -> str: a re-run with the same key continues the kept files
+    keeps_on_rerun: tuple[str, ...] = ()  # names in the job folder a re-run with the same resume key keeps in place
+    reports_progress: bool = False  # the engine entry point takes ``report`` (progress for the job record)
 
     @property
     def results_key(self) -> str:
@@ -96,6 +99,10 @@ class ActionDecl:
     def engine(self) -> Callable[..., Any]:
         """The engine entry point (imported now: it pulls in torch)."""
         return _resolve(self.entry)
+
+    def resume_key_fn(self) -> Callable[..., str] | None:
+        """The function computing the resume key, if the action declares one."""
+        return _resolve(self.resume_key) if self.resume_key else None
 
     def preflight_fn(self) -> Callable[..., dict[str, int]] | None:
         """The data preflight function, if the action declares one."""
@@ -181,6 +188,7 @@ ACTIONS: dict[str, ActionDecl] = {
                      "inference.label_dump_path": "create_inference_result_file_mal"},
         parents=("train", "export"), parent_key="inference.checkpoint", parent_fixes_model=True,
         preflight="mal_core.skill.preflight:read_inference_data", output_example="inference.json",
+        resume_key="mal_core.engine.shards:resume_key", keeps_on_rerun=("shards",), reports_progress=True,
     ),
     "export": ActionDecl(
         name="export", section="export", entry="mal_core.engine.export:run_export",

@@ -435,6 +435,32 @@ class InferenceConfig:
         300, title="Review page size", minimum=1, maximum=100000,
         description="The review page shows at most this many labels (the lowest scores).",
     )
+    shard_size: int = param(
+        64, title="Images per shard", minimum=1, maximum=1000000,
+        description="Labelling runs shard by shard (this many images each); each finished shard is saved at "
+        "once, so a re-run of the job after a kill labels only the unfinished shards, and memory depends on the "
+        "shard size, not on the dataset.",
+    )
+    num_workers: int = param(
+        0, title="Ray workers", minimum=0, maximum=4096,
+        description="0: label in this process. N: N Ray actors (each loads the network once) take shards as "
+        "tasks; a lost worker's shard is retried.",
+    )
+    ray_address: str = param(
+        "", title="Ray cluster address",
+        description="Empty: start a local Ray. Otherwise an existing cluster's address (e.g. auto or "
+        "ray://host:10001); the job folder must then be on a filesystem every node sees.",
+    )
+    gpus_per_worker: float = param(
+        1.0, title="GPUs per Ray worker", minimum=0.0, maximum=64.0,
+        description="GPUs each Ray worker asks for when the cluster has GPUs (fractions share a GPU); ignored "
+        "on a cluster without GPUs.",
+    )
+    output_uri: str = param(
+        "", title="Also upload to",
+        description="s3://bucket/prefix: the labelled COCO file is also uploaded there (S3 endpoint from "
+        "AWS_ENDPOINT_URL when set).",
+    )
 
 
 @dataclass

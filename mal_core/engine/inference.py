@@ -1,19 +1,23 @@
-"""The inference action: label every box of a COCO file with a mask and write the labelled JSON atomically.
+"""The inference action: label every box of a COCO file with a mask, shard by shard, and write the labelled JSON.
 
 Output: ``<results_dir>/<inference.label_dump_path>`` = the input JSON with each annotation's ``segmentation``
 replaced by a compressed RLE of the predicted mask, ``area`` = mask pixel count, ``score`` = estimated mask quality
 in [0, 1] (a product of agreement and confidence terms, see :mod:`mal_core.engine.quality`; the terms are in
-``quality``); ids, ``bbox`` and other keys are kept. An input
-detector ``score`` moves to ``box_score``.
+``quality``); ids, ``bbox`` and other keys are kept. An input detector ``score`` moves to ``box_score``.
 Crowd annotations (``iscrowd``) are copied unchanged; they are never labelled or scored.
-With several processes each writes a part file; the first merges them.
+
+The images are split into shards of ``inference.shard_size`` (:mod:`mal_core.engine.shards`); each shard is
+labelled by the labelling core (:mod:`mal_core.engine.labelling`), in this process or in Ray workers
+(``inference.num_workers``, :mod:`mal_core.engine.label_workers`), and saved at once. A re-run with the same inputs
+and settings labels only the unfinished shards; the final file is assembled by streaming the shard files.
 """
 
 from __future__ import annotations
 
-import json
+import heapq
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,96 +25,120 @@ import torch
 
 from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import ExperimentConfig
-from mal_core.data.coco import CocoDataset, encode_rle
-from mal_core.data.datamodule import MALDataModule, load_eval_coco
+from mal_core.data.coco import CocoDataset
+from mal_core.data.datamodule import load_eval_coco
+from mal_core.engine.label_workers import ShardLabeller, label_on_ray
 from mal_core.engine.metrics import MaskMIoU
-from mal_core.engine.restore import restore_module
+from mal_core.engine.progress import Progress
 from mal_core.engine.result import EngineResult
-from mal_core.engine.trainer import build_trainer, device_settings
-from mal_core.utils.io import atomic_write_json
+from mal_core.engine.shards import (
+    SHARDS_DIR,
+    assemble,
+    merged_records,
+    read_labels_header,
+    resume_key,
+    write_plan,
+)
 
 log = logging.getLogger(__name__)
+#: Called with the job's progress (shards and boxes done / total, seconds) after each shard.
+ProgressReport = Callable[[dict[str, Any]], None]
 
 
-def _records(coco: CocoDataset, predictions: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = {}
-    for pred in predictions:
-        inst = coco.instances[pred["index"]]
-        canvas = torch.zeros((inst.height, inst.width), dtype=torch.bool)
-        x0, y0, x1, y1 = pred["region"]
-        canvas[y0:y1, x0:x1] = pred["mask"]
-        mask = canvas.numpy()
-        ann = {k: v for k, v in coco.annotation(inst.ann_id).items() if k not in ("segmentation", "area", "score")}
-        if inst.score is not None:
-            ann["box_score"] = inst.score
-        ann.update(segmentation=encode_rle(mask), area=int(mask.sum()), score=round(float(pred["score"]), 6),
-                   iscrowd=0)
-        if "quality" in pred:
-            ann["quality"] = pred["quality"]
-        if "iou" in pred:
-            ann["iou"] = round(float(pred["iou"]), 6)
-        out[inst.ann_id] = ann
-    return out
-
-
-def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -> EngineResult:
-    """Label ``inference.ann_path`` with ``inference.checkpoint``; returns output paths, counts and (with GT masks)
-    the labels' mIoU."""
+def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
+                  report: ProgressReport | None = None) -> EngineResult:
+    """Label ``inference.ann_path`` with ``inference.checkpoint``; returns output paths, counts, timing and (with GT
+    masks) the labels' mIoU. ``report`` receives the progress after each shard."""
     t0 = time.time()
     inf = cfg.inference
     results_dir = Path(ACTIONS["inference"].results_dir(cfg))
     coco = load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask)
-    test_mode = {"use_teacher": inf.use_teacher_test, "use_mixed": inf.use_mixed_model_test,
-                 "use_flip": inf.use_flip_test}
-    module, merged = restore_module(cfg, inf.checkpoint, "inference.checkpoint", explicit_keys or set(),
-                                    coco.categories, test_mode)
-    devices = device_settings(inf.num_gpus, inf.gpu_ids, inf.num_nodes, "inference")
-    results_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(results_dir, devices, use_amp=merged.train.use_amp, loggers=False)
-    dm = MALDataModule(merged, predict=coco, load_mask=inf.load_mask, batch_size=inf.batch_size)
-    batches = trainer.predict(module, datamodule=dm, return_predictions=True) or []
-    preds = [rec for batch in batches for rec in batch]
-    records = _records(coco, preds)
+    key = resume_key(cfg)
+    folder = results_dir / SHARDS_DIR
+    shards = write_plan(coco, folder, inf.shard_size)
+    base = CocoDataset(coco.ann_path, coco.img_dir, {"annotations": []}, coco.categories, [], 0)
+    num_input = len(coco.raw["annotations"])
+    del coco  # everything labelling needs is in the shard files now
+    done = {s.index: head for s in shards if (head := read_labels_header(s.labels_path, key)) is not None}
+    todo = [s for s in shards if s.index not in done]
+    progress = Progress(shards, done, report)
+    if done:
+        log.info("resuming: %d of %d shards (%d boxes) already labelled by an earlier attempt", len(done),
+                 len(shards), progress.boxes_done)
+    if todo and inf.num_workers > 0:
+        label_on_ray(cfg, explicit_keys or set(), base, todo, key, progress)
+    elif todo:
+        worker = ShardLabeller(cfg, explicit_keys or set(), base)
+        for shard in todo:
+            progress.finish(shard, worker.label(shard, key))
+    progress.close()
+    heads = [read_labels_header(s.labels_path, key) for s in shards]
+    missing = [s.index for s, h in zip(shards, heads, strict=True) if h is None]
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} have no complete labels file after labelling")
     out_path = results_dir / inf.label_dump_path
-    rank, world = trainer.global_rank, trainer.world_size
-    if world > 1:
-        part = out_path.with_name(f"{out_path.name}.part{rank}")
-        atomic_write_json(part, list(records.values()), indent=None)
-        trainer.strategy.barrier()
-        if rank == 0:
-            records = {}
-            for r in range(world):
-                p = out_path.with_name(f"{out_path.name}.part{r}")
-                for ann in json.loads(p.read_text()):
-                    records[ann["id"]] = ann
-                p.unlink()
-        trainer.strategy.barrier()
-    artifacts: dict[str, Any] = {"label_dump": str(out_path), "checkpoint": str(inf.checkpoint), "num_labelled": None}
+    paths = [s.labels_path for s in shards]
+    assemble(folder, paths, out_path)
+    num_labelled = sum(int(h["num_labelled"]) for h in heads if h)
+    artifacts: dict[str, Any] = {"label_dump": str(out_path), "checkpoint": str(inf.checkpoint),
+                                 "num_labelled": num_labelled, "shards": str(folder)}
     result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
-    if rank != 0:
-        return result
-    ordered = [records[i.ann_id] for i in coco.instances if i.ann_id in records]
-    labelled = dict(coco.raw)
-    labelled["annotations"] = coco.labelled_annotations(records)  # crowd regions pass through unchanged
-    atomic_write_json(out_path, labelled, indent=None)
-    artifacts["num_labelled"] = len(ordered)
-    result.details.update(num_input_annotations=len(coco.raw["annotations"]), seconds=round(time.time() - t0, 2))
-    if inf.load_mask and ordered:
-        metric = MaskMIoU(coco.num_categories, sync_on_compute=False)  # rank 0 holds every label already
-        idx = {i.ann_id: i for i in coco.instances}
-        metric.update(torch.tensor([a["iou"] for a in ordered]),
-                      torch.tensor([idx[a["id"]].category_index for a in ordered]),
-                      torch.tensor([idx[a["id"]].box_area for a in ordered]))
-        result.metrics = dict(metric.compute())
+    result.details.update(num_input_annotations=num_input, num_shards=len(shards), shards_resumed=len(done),
+                          seconds=round(time.time() - t0, 2), labelling_seconds=round(progress.seconds, 2),
+                          boxes_per_second=progress.rate())
+    if inf.load_mask and num_labelled:
+        result.metrics = _metrics(base.num_categories, [h for h in heads if h])
+    _write_review(cfg, base, folder, paths, [h for h in heads if h], results_dir, artifacts)
+    if inf.output_uri:
+        from mal_core.engine.upload import upload_file
+
+        artifacts["output_uri"] = upload_file(out_path, inf.output_uri, "inference.output_uri")
+    log.info("wrote %d labelled annotations to %s", num_labelled, out_path)
+    return result
+
+
+def _metrics(num_categories: int, heads: list[dict[str, Any]]) -> dict[str, Any]:
+    """mIoU from the shards' metric states (summed; the same as one pass over every label)."""
+    metric = MaskMIoU(num_categories, sync_on_compute=False)
+    for h in heads:
+        if h.get("metric"):
+            metric.add_sums(torch.tensor(h["metric"]["iou_sum"]), torch.tensor(h["metric"]["count"]))
+    return dict(metric.compute())
+
+
+def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths: list[Path],
+                  heads: list[dict[str, Any]], results_dir: Path, artifacts: dict[str, Any]) -> None:
+    """Overlays (first images by id) and the review page (lowest scores), reading only the labels they show."""
+    inf = cfg.inference
+    want_review = inf.review_page and artifacts["num_labelled"]
+    if not inf.save_overlays and not want_review:
+        return
+    import json
+
+    header = json.loads((folder / "header.json").read_text())
+    light = CocoDataset(base.ann_path, base.img_dir, {"images": header.get("images", []), "annotations": [],
+                                                      "categories": header.get("categories", [])},
+                        base.categories, [], 0)
+    lowest = {pos for _s, pos in heapq.nsmallest(inf.max_review_items, [tuple(x) for h in heads
+                                                                         for x in h.get("lowest", [])])}
+    labelled_images = sorted({a["image_id"] for _p, a in merged_records(paths) if "score" in a}) \
+        if inf.save_overlays else []
+    overlay_images = set(labelled_images[:inf.max_overlays])
+    shown, overlays = [], []
+    for pos, ann in merged_records(paths):
+        if "score" not in ann:
+            continue
+        if pos in lowest:
+            shown.append(ann)
+        if ann["image_id"] in overlay_images:
+            overlays.append(ann)
     if inf.save_overlays:
         from mal_core.engine.overlays import write_overlays
 
-        artifacts["overlays"] = str(write_overlays(coco, ordered, results_dir / "overlays", inf.max_overlays))
-    if inf.review_page and ordered:
+        artifacts["overlays"] = str(write_overlays(light, overlays, results_dir / "overlays", inf.max_overlays))
+    if want_review:
         from mal_core.engine.review import REVIEW_DIR, write_review_page
 
-        artifacts["review_page"] = str(write_review_page(coco, ordered, results_dir / REVIEW_DIR,
-                                                         inf.max_review_items,
-                                                         title=f"Mask review: {Path(inf.ann_path).name}"))
-    log.info("wrote %d labelled annotations to %s", len(ordered), out_path)
-    return result
+        artifacts["review_page"] = str(write_review_page(
+            light, shown, results_dir / REVIEW_DIR, inf.max_review_items,
+            title=f"Mask review: {Path(inf.ann_path).name}", total=artifacts["num_labelled"]))

@@ -55,6 +55,12 @@ class MaskMIoU(Metric):
         self.iou_sum.view(-1).index_add_(0, flat, ious)
         self.count.view(-1).index_add_(0, flat, ones)
 
+    def add_sums(self, iou_sum: torch.Tensor, count: torch.Tensor) -> None:
+        """Add the state of another accumulation (e.g. one shard's, read back from its file) to this one."""
+        self.merge_state({"iou_sum": iou_sum.to(self.iou_sum).view_as(self.iou_sum),
+                          "count": count.to(self.count).view_as(self.count)})
+        self._update_count += 1  # torchmetrics counts update() calls only; this is one too
+
     def compute(self) -> dict[str, float]:
         """``mIoU``, ``mIoU_small``, ``mIoU_medium``, ``mIoU_large`` (NaN where no instance), ``mIoU_instance`` (plain
         mean over instances, not class-averaged) and ``num_instances``."""

@@ -16,16 +16,13 @@ from torchmetrics import MeanMetric
 from mal_core.checkpoint_files import CHECKPOINT_FORMAT
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
-from mal_core.engine.colour_model import colour_agreement, colour_refine
 from mal_core.engine.diagnostics import collapse_warnings
+from mal_core.engine.labelling import BoxLabel, Labeller, TestTimeSettings
 from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.optim import build_optimizer
-from mal_core.engine.postprocess import box_fill, paste_masks, region_iou
-from mal_core.engine.quality import QUALITY_REFINE_ITERS, confidence_margin, mask_agreement, quality_score
+from mal_core.engine.postprocess import box_fill, region_iou
 from mal_core.engine.schedule import lr_at, scaled_lr
 from mal_core.engine.seeding import seed_rank_streams
-from mal_core.losses.crf import mean_field_refine
-from mal_core.losses.mil import resize_to
 from mal_core.losses.objective import mal_objective
 from mal_core.model.build import build_network
 from mal_core.utils.io import drop_history_from_epoch, json_safe
@@ -122,54 +119,11 @@ class MALModule(pl.LightningModule):
         return loss.detach()
 
     # ----- validation ---------------------------------------------------------------------------------------
-    def _raw_logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        m = self.test_mode
-        return self.model.predict_logits(batch["image"], batch["box_area"], use_teacher=m.get("use_teacher", False),
-                                         use_mixed=m.get("use_mixed", False), use_flip=m.get("use_flip", False))
-
-    def _logits(self, batch: dict[str, Any], raw: torch.Tensor | None = None) -> torch.Tensor:
-        raw = self._raw_logits(batch) if raw is None else raw
-        return self._final(raw, batch["image"], batch["box_mask"])
-
-    def _final(self, raw: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
-        """The network's logits after the test-time refinement (when ``model.test_refine_iters`` > 0)."""
-        m = self.cfg.model
-        if m.test_colour_weight > 0:
-            raw = colour_refine(raw, images, box_mask, weight=m.test_colour_weight, iters=m.test_colour_iters)
-        return self._refined(raw, images, box_mask, m.test_refine_iters) if m.test_refine_iters > 0 else raw
-
-    def _refined(self, logits: torch.Tensor, images: torch.Tensor, box_mask: torch.Tensor, iters: int) -> torch.Tensor:
-        """Mean-field refinement of the mask probabilities with the crop's colours, as logits."""
-        t, size = self.cfg.train, tuple(logits.shape[-2:])
-        probs = mean_field_refine(resize_to(images.float(), size), torch.sigmoid(logits.float()),
-                                  resize_to(box_mask.float(), size), kernel_size=t.crf_kernel_size,
-                                  zeta=t.crf_zeta, num_iter=iters, low=0.01, high=0.99)
-        return torch.logit(probs)
-
-    def _pasted(self, batch: dict[str, Any], logits: torch.Tensor | None = None):
-        logits = self._logits(batch) if logits is None else logits
-        return paste_masks(logits, batch["box_mask"], batch["ext_box"], batch["image_size"], batch["box_area"],
-                           self.cfg.train.mask_thres, batch["box"])
-
-    def _quality_terms(self, batch: dict[str, Any], raw: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Ground-truth-free quality terms (see :mod:`mal_core.engine.quality`) of the final logits ``logits``
-        (``raw`` = the network's, before any test-time refinement). The flip and teacher agreements compare the
-        networks' own outputs, before refinement (which would pull both masks towards the same image edges and
-        colours, and costs most of the labelling time)."""
-        m, images, areas, box = self.test_mode, batch["image"], batch["box_area"], batch["box_mask"]
-        mode = {"use_teacher": m.get("use_teacher", False), "use_mixed": m.get("use_mixed", False)}
-        unflipped = self.model.predict_logits(images, areas, **mode) if m.get("use_flip") else raw
-        flipped = self.model.predict_logits(images.flip(-1), areas, **mode).flip(-1)
-        plain = m.get("use_teacher") or m.get("use_mixed") or m.get("use_flip")
-        student = self.model.student(images, areas) if plain else raw
-        teacher = self.model.teacher(images, areas)
-        thr = float(self.cfg.train.mask_thres[0])
-        coarse = resize_to(logits.float(), tuple(raw.shape[-2:]))  # the CRF term at the network's mask resolution
-        return {"flip": mask_agreement(unflipped, flipped, box, thr),
-                "teacher": mask_agreement(student, teacher, box, thr),
-                "margin": confidence_margin(logits, box),
-                "crf": mask_agreement(coarse, self._refined(coarse, images, box, QUALITY_REFINE_ITERS), box, thr),
-                "colour": colour_agreement(logits, images, box, thr)}
+    @property
+    def labeller(self) -> Labeller:
+        """The labelling core on this module's network with its test-time settings (built per call: settings
+        may change between validations, e.g. when evaluate sets ``test_mode``)."""
+        return Labeller(self.model, TestTimeSettings.from_config(self.cfg, self.test_mode))
 
     def on_validation_epoch_start(self) -> None:
         self.val_metric.reset()
@@ -179,7 +133,7 @@ class MALModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "gt_region" not in batch:
             return
-        pasted = self._pasted(batch)
+        pasted = self.labeller.masks(batch)
         gts = [(batch["gt_region"][i], int(batch["gt_area"][i])) for i in range(len(pasted))]
         ious = [region_iou(p, *gt) for p, gt in zip(pasted, gts, strict=True)]
         boxes = [box_fill(p, batch["box"][i]) for i, p in enumerate(pasted)]
@@ -209,22 +163,8 @@ class MALModule(pl.LightningModule):
                 fh.write(json.dumps(json_safe(record)) + "\n")
 
     # ----- prediction ---------------------------------------------------------------------------------------
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        raw = self._raw_logits(batch)
-        logits = self._logits(batch, raw)
-        pasted = self._pasted(batch, logits)
-        terms = self._quality_terms(batch, raw, logits)
-        terms["mean_probability"] = torch.tensor([p.score for p in pasted], dtype=torch.float32)
-        scores = quality_score(terms)
-        out = []
-        for i, p in enumerate(pasted):
-            rec = {"index": int(batch["index"][i]), "region": p.region, "mask": p.mask.cpu(),
-                   "score": float(scores[i]) if bool(p.mask.any()) else 0.0,
-                   "quality": {k: round(float(v[i]), 4) for k, v in terms.items()}}
-            if "gt_region" in batch:
-                rec["iou"] = region_iou(p, batch["gt_region"][i], int(batch["gt_area"][i]))
-            out.append(rec)
-        return out
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[BoxLabel]:
+        return self.labeller.label(batch)
 
     # ----- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mal_core.errors import CheckpointError
@@ -48,17 +47,6 @@ class TraceableNetwork(nn.Module):
         self.net = net
         self.grid = int(crop_size) // net.backbone.patch_size
 
-    def _bucket_logits(self, feats: torch.Tensor, k: torch.Tensor, stem: torch.Tensor | None,
-                       bucket: int) -> torch.Tensor:
-        dec = self.net.decoder
-        side = max(1, round(self.grid * 2.0 ** (bucket - 1)))
-        x = feats if side == self.grid else F.interpolate(feats, size=(side, side), mode="bilinear",
-                                                           align_corners=False)
-        logits = dec._logits(k, dec.pixel_head(x), stem)
-        if logits.shape[-1] != dec.mask_size:
-            logits = F.interpolate(logits, size=(dec.mask_size, dec.mask_size), mode="bilinear", align_corners=False)
-        return logits
-
     def forward(self, crops: torch.Tensor, box_areas: torch.Tensor) -> torch.Tensor:
         feats = self.net.backbone(crops)
         stem = self.net.stem(crops) if self.net.stem is not None else None
@@ -67,9 +55,10 @@ class TraceableNetwork(nn.Module):
             return dec(feats, box_areas, stem)
         k = dec.instance_head(feats)
         buckets = box_size_bucket(box_areas).view(-1, 1, 1, 1)
-        out = self._bucket_logits(feats, k, stem, 0)
+        grid = (self.grid, self.grid)
+        out = dec.bucket_logits(feats, k, stem, 0, grid)
         for b in (1, 2):
-            out = torch.where(buckets == b, self._bucket_logits(feats, k, stem, b), out)
+            out = torch.where(buckets == b, dec.bucket_logits(feats, k, stem, b, grid), out)
         return out
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
+
 from mal_core.config.checks import TEST_TIME_MODEL_KEYS, check_checkpoint_conflicts
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import parse_spec, spec_to_dict
@@ -31,27 +33,32 @@ def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explici
     return merged
 
 
-def restore_module(cfg: ExperimentConfig, checkpoint: str, field: str, explicit: set[str],
-                   categories: list[dict[str, Any]], test_mode: dict[str, bool]) -> tuple[MALModule, ExperimentConfig]:
-    """Load ``checkpoint`` into a fresh :class:`MALModule` built from the checkpoint's architecture; an ``.onnx``
-    file written by export runs through onnxruntime instead (same predictions, same test-time modes)."""
+def restore_network(cfg: ExperimentConfig, checkpoint: str, field: str,
+                    explicit: set[str]) -> tuple[torch.nn.Module, ExperimentConfig, list[dict[str, Any]]]:
+    """The student/teacher pair of ``checkpoint`` (an ``.onnx`` export runs through onnxruntime instead: same
+    predictions, same test-time modes), the spec merged with the checkpoint's architecture, and its categories."""
     from mal_core.engine.onnx_model import is_onnx_path
 
     if is_onnx_path(checkpoint):
         from mal_core.engine.onnx_model import OnnxStudentTeacher, read_onnx
 
-        _model, stored, _categories = read_onnx(checkpoint, field)
-        merged = merge_checkpoint_spec(cfg, stored, explicit, checkpoint)
-        module = MALModule(merged, categories, test_mode=test_mode, network=OnnxStudentTeacher(checkpoint))
-        return module.eval(), merged
+        _model, stored, categories = read_onnx(checkpoint, field)
+        return OnnxStudentTeacher(checkpoint), merge_checkpoint_spec(cfg, stored, explicit, checkpoint), categories
     ckpt = load_mal_checkpoint(checkpoint, field=field)
     merged = merge_checkpoint_spec(cfg, ckpt["mal"]["spec"], explicit, checkpoint)
-    module = MALModule(merged, categories, test_mode=test_mode, network=build_network(merged))
-    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("val_metric.")}
-    result = module.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("val_metric.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"{checkpoint} does not fit the model: missing {missing[:5]}, unexpected "
+    network = build_network(merged)
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    result = network.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{checkpoint} does not fit the model: missing {result.missing_keys[:5]}, unexpected "
                               f"{result.unexpected_keys[:5]}", field=field)
-    module.eval()
-    return module, merged
+    return network.eval(), merged, list(ckpt["mal"].get("categories") or [])
+
+
+def restore_module(cfg: ExperimentConfig, checkpoint: str, field: str, explicit: set[str],
+                   categories: list[dict[str, Any]], test_mode: dict[str, bool]) -> tuple[MALModule, ExperimentConfig]:
+    """:func:`restore_network` in a fresh :class:`MALModule` (Lightning's validation/predict loops)."""
+    network, merged, _stored = restore_network(cfg, checkpoint, field, explicit)
+    module = MALModule(merged, categories, test_mode=test_mode, network=network)
+    return module.eval(), merged

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mal_core.data.coco import CocoDataset, decode_segmentation
+from mal_core.data.images import read_rgb
 from mal_core.engine.quality import SCORE_DESCRIPTION
 from mal_core.utils.io import atomic_write_text
 
@@ -46,8 +47,9 @@ def render_thumbnail(image: np.ndarray, ann: dict[str, Any], side: int = THUMB_S
 
 
 def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir: Path, limit: int,
-                      title: str = "Mask review") -> Path:
-    """Write ``out_dir/index.html`` with the ``limit`` lowest-scored labels first; returns the page path."""
+                      title: str = "Mask review", total: int | None = None) -> Path:
+    """Write ``out_dir/index.html`` with the ``limit`` lowest-scored labels first; returns the page path.
+    ``total``: how many labels the job made, when ``labelled`` holds only the lowest-scored ones."""
     thumbs = out_dir / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     ranked = sorted((a for a in labelled if "score" in a and not a.get("iscrowd", 0)), key=lambda a: a["score"])
@@ -58,8 +60,7 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
     for ann in shown:
         by_image.setdefault(ann["image_id"], []).append(ann)
     for image_id, anns in by_image.items():  # each image decoded once
-        with Image.open(coco.img_dir / images[image_id]["file_name"]) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = read_rgb(coco.img_dir / images[image_id]["file_name"])
         for ann in anns:
             tmp = thumbs / f".{ann['id']}.png.tmp"
             render_thumbnail(arr, ann).save(tmp, format="PNG")
@@ -78,7 +79,8 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:16px}}"
         "main{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px;font-size:12px}"
         "img{width:160px;height:160px;object-fit:contain;background:#222}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{len(shown)} of {len(ranked)} labels, lowest estimated quality first "
+        f"<h1>{html.escape(title)}</h1><p>{len(shown)} of {total or len(ranked)} labels, lowest estimated quality "
+        "first "
         f"(score in [0, 1]: {html.escape(SCORE_DESCRIPTION)}). "
         "Red tint and outline: predicted mask (outside it is dimmed); blue: the input box. "
         "Fix the first ones, then re-run evaluation.</p>"

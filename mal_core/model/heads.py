@@ -140,13 +140,22 @@ class MaskDecoder(nn.Module):
             idx = torch.nonzero(buckets == b, as_tuple=True)[0]
             if idx.numel() == 0:
                 continue
-            factor = 2.0 ** (b - 1)
-            fsize = (max(1, round(h * factor)), max(1, round(w * factor)))
-            x = features[idx]
-            if fsize != (h, w):
-                x = F.interpolate(x, size=fsize, mode="bilinear", align_corners=False)
-            logits = self._logits(k[idx], self.pixel_head(x), None if stem is None else stem[idx])
-            if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = self.bucket_logits(features[idx], k[idx], None if stem is None else stem[idx], b, (h, w))
             out[idx] = logits.to(out.dtype)
         return out
+
+    def bucket_logits(self, features: torch.Tensor, k: torch.Tensor, stem: torch.Tensor | None, bucket: int,
+                      grid: tuple[int, int]) -> torch.Tensor:
+        """The scale-adaptive path of one size bucket (0/1/2) on instances ``features`` (n,C,h,w) with instance
+        embeddings ``k`` (n,D): the feature map resized by 2^(bucket-1) from ``grid`` = (h, w) (given, not read
+        from the tensor, so a traced graph keeps static sizes), K . V, logits resized to (n,1,M,M)."""
+        factor = 2.0 ** (bucket - 1)
+        h, w = grid
+        fsize = (max(1, round(h * factor)), max(1, round(w * factor)))
+        x = features if fsize == (h, w) else F.interpolate(features, size=fsize, mode="bilinear",
+                                                           align_corners=False)
+        logits = self._logits(k, self.pixel_head(x), stem)
+        if logits.shape[-1] != self.mask_size:
+            logits = F.interpolate(logits, size=(self.mask_size, self.mask_size), mode="bilinear",
+                                   align_corners=False)
+        return logits

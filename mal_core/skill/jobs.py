@@ -264,18 +264,20 @@ def _rewrite_paths(obj: Any, old: Path, new: Path, moved: set[str]) -> Any:
     return obj
 
 
-def archive_attempt(job_dir: Path, record: dict[str, Any], move_files: bool) -> dict[str, Any]:
+def archive_attempt(job_dir: Path, record: dict[str, Any], move_files: bool,
+                    keep: tuple[str, ...] = ()) -> dict[str, Any]:
     """Move the last attempt out of the way; returns its entry for ``record['previous_attempts']``.
 
-    With ``move_files``, everything at the top of ``job_dir`` but ``job.json``, ``job.lock`` and
-    ``previous_attempts/`` goes to ``previous_attempts/<n>/`` (paths in the archived artifacts follow).
+    With ``move_files``, everything at the top of ``job_dir`` but ``job.json``, ``job.lock``,
+    ``previous_attempts/`` and the names in ``keep`` (the work a re-run continues) goes to
+    ``previous_attempts/<n>/`` (paths in the archived artifacts follow).
     """
     n = int(record.get("attempts") or 1)
     status = record.get("status")
     entry: dict[str, Any] = {"attempt": n, "status": status if status in TERMINAL else "interrupted",
                              "updated": record.get("updated"), "artifacts": record.get("artifacts") or {},
                              "metrics": record.get("metrics") or {}, "error": record.get("error"), "folder": None}
-    leftovers = sorted(p for p in job_dir.iterdir() if p.name not in JOB_OWN_NAMES) if move_files else []
+    leftovers = sorted(p for p in job_dir.iterdir() if p.name not in (*JOB_OWN_NAMES, *keep)) if move_files else []
     if leftovers:
         dest = job_dir / PREVIOUS_DIR / str(n)
         k = 1
@@ -312,11 +314,13 @@ class Job:
         return str(self.record.get("status", "pending"))
 
     @classmethod
-    def create(cls, jobs_root: Path, action: str, job_id: str | None = None, parent_id: str | None = None) -> Job:
+    def create(cls, jobs_root: Path, action: str, job_id: str | None = None, parent_id: str | None = None,
+               resume_key: str | None = None) -> Job:
         """Lock and create (or reopen, for a new attempt of the same action) ``<jobs_root>/<job_id>``.
 
         Raises :class:`JobError` when another run holds the job, or the job ran another action; call
-        :meth:`close` when the attempt ends to release the lock.
+        :meth:`close` when the attempt ends to release the lock. A re-run whose ``resume_key`` equals the earlier
+        attempt's keeps the action's ``keeps_on_rerun`` files in place (a labelling job continues its shards).
         """
         job_id = check_job_id(job_id or new_job_id(action))
         job_dir = jobs_root / job_id
@@ -324,22 +328,28 @@ class Job:
         ensure_job_dir(job_dir)
         lock = JobLock.acquire(job_dir, job_id, action)
         try:
-            return cls._open_locked(jobs_root, job_dir, action, job_id, parent_id, lock)
+            return cls._open_locked(jobs_root, job_dir, action, job_id, parent_id, lock, resume_key)
         except BaseException:
             lock.release()
             raise
 
     @classmethod
     def _open_locked(cls, jobs_root: Path, job_dir: Path, action: str, job_id: str, parent_id: str | None,
-                     lock: JobLock) -> Job:
+                     lock: JobLock, resume_key: str | None = None) -> Job:
         old = read_job(job_dir)
         if old is not None:
             if old.get("action") != action:
                 raise JobError(f"job {job_id!r} exists and ran action {old.get('action')!r}, not {action!r}",
                                field="job_id", hint="pick another --job-id")
             # an action that resumes (train) continues from its own files; others move the last attempt's aside
-            previous = archive_attempt(job_dir, old, move_files=not action_decl(action).resumes)
+            decl = action_decl(action)
+            same = resume_key is not None and old.get("resume_key") == resume_key
+            previous = archive_attempt(job_dir, old, move_files=not decl.resumes,
+                                       keep=decl.keeps_on_rerun if same else ())
+            if same and decl.keeps_on_rerun:
+                previous["continued"] = list(decl.keeps_on_rerun)  # this attempt goes on with that work
             old.setdefault("previous_attempts", []).append(previous)
+            old["resume_key"] = resume_key
             old["attempts"] = int(old.get("attempts") or 1) + 1
             old["parent_id"] = parent_id or old.get("parent_id")
             old.update(artifacts={}, metrics={}, error=None)
@@ -352,7 +362,7 @@ class Job:
             return job
         record = {"job_id": job_id, "action": action, "parent_id": parent_id, "status": "pending",
                   "created": _now(), "attempts": 1, "transitions": [], "route": None, "results_dir": str(job_dir),
-                  "spec_path": None, "artifacts": {}, "metrics": {}, "error": None}
+                  "spec_path": None, "artifacts": {}, "metrics": {}, "error": None, "resume_key": resume_key}
         job = cls(jobs_root, job_id, record, lock)
         (job.dir / LOG_DIR).mkdir(exist_ok=True)
         record["transitions"].append({"state": "pending", "time": _now()})
@@ -385,6 +395,10 @@ class Job:
         """Set top-level record fields and save."""
         self.record.update(fields)
         self.save()
+
+    def update_progress(self, progress: dict[str, Any]) -> None:
+        """Record a running job's progress (shards and boxes done / total, rate, ETA)."""
+        self.update(progress=progress)
 
     def finish(self, ok: bool, *, error: dict[str, Any] | None = None, **fields: Any) -> None:
         """Terminal transition with the final artifacts / metrics / error."""

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,13 @@ def validate_against_schema(tree: dict[str, Any], action: str, root: Path) -> No
 # ----- running -----------------------------------------------------------------------------------------------------
 
 
-def run_direct(action: str, spec: ResolvedSpec) -> EngineResult:
-    """Run the action's engine entry point (from the action table) on the resolved spec."""
-    return action_decl(action).engine()(spec.cfg, explicit_keys=set(spec.explicit))
+def run_direct(action: str, spec: ResolvedSpec, report: Callable[[dict[str, Any]], None] | None = None
+               ) -> EngineResult:
+    """Run the action's engine entry point (from the action table) on the resolved spec; ``report`` receives the
+    progress of an action that reports it."""
+    decl = action_decl(action)
+    extra = {"report": report} if decl.reports_progress and report is not None else {}
+    return decl.engine()(spec.cfg, explicit_keys=set(spec.explicit), **extra)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -216,7 +221,9 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
 
             record_refused_attempt(jobs_root, action, out["job_id"], args.parent_job_id, exc.to_dict())
             raise
-        job = Job.create(jobs_root, action, out["job_id"], parent_id=args.parent_job_id)
+        key_fn = action_decl(action).resume_key_fn()
+        job = Job.create(jobs_root, action, out["job_id"], parent_id=args.parent_job_id,
+                         resume_key=key_fn(spec.cfg) if key_fn is not None else None)
         handlers.append(job.log_handler())
         logging.getLogger().addHandler(handlers[-1])
         spec_file = job.dir / "spec.yaml"
@@ -229,7 +236,8 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
                    mappings=plan.get("mappings"), request=args.request, preflight=checked)
         job.transition("running")
         ran = True
-        result = _run_automl(job, plan, root) if out["route"] == "automl" else run_direct(action, spec)
+        report = job.update_progress
+        result = _run_automl(job, plan, root) if out["route"] == "automl" else run_direct(action, spec, report)
         # the engine's own warnings (collapse checks, clamps it applied) join the plan's in the result JSON
         out["warnings"] = list(dict.fromkeys(out.get("warnings", []) + result.warnings))
         out.update(artifacts=result.artifacts, metrics=result.metrics, status="success")
