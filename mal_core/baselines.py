@@ -15,9 +15,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from mal_core.data.coco import decode_segmentation
+from mal_core.data.images import read_rgb
 from mal_core.engine.metrics import MaskMIoU, instance_iou
 
 GRABCUT_MIN_SIDE = 4
@@ -154,8 +154,7 @@ def score_baselines(
         anns = by_image.get(info["id"])
         if not anns:
             continue
-        with Image.open(Path(img_dir) / info["file_name"]) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = read_rgb(Path(img_dir) / info["file_name"])
         height, width = image.shape[:2]
         gts = [decode_segmentation(a["segmentation"], height, width) for a in anns]
         cats = [cat_index[a["category_id"]] for a in anns]

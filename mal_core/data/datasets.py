@@ -20,6 +20,7 @@ from mal_core.data.crops import (
     expand_box,
     train_margins,
 )
+from mal_core.data.images import read_rgb
 from mal_core.errors import DataError
 
 
@@ -34,11 +35,7 @@ class _ImageCache:
         if path in self._items:
             self._items.move_to_end(path)
             return self._items[path]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {path!r}: {exc}", field=path) from exc
+        arr = read_rgb(path)  # EXIF orientation applied, 16-bit scaled, bombs refused (DataError naming the file)
         self._items[path] = arr
         if len(self._items) > self.size:
             self._items.popitem(last=False)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from mal_core.data.augment import to_normalised_tensor
 from mal_core.data.coco import CocoDataset
 from mal_core.data.crops import Box, crop_wrap, expand_box, train_margins
-from mal_core.errors import DataError
+from mal_core.data.images import read_rgb
 
 
 def _random_resized_box(width: int, height: int, scale: tuple[float, float],
@@ -62,12 +62,7 @@ class PretrainImages(Dataset):
 
     def read(self, index: int) -> np.ndarray:
         """The RGB array of image ``index``; unreadable files raise :class:`DataError` naming them."""
-        path = self.images[index]
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read image {str(path)!r}: {exc}", field=str(path)) from exc
+        return read_rgb(self.images[index])
 
     def view(self, arr: np.ndarray, index: int) -> Image.Image:
         """One random square view of image ``index`` (already decoded as ``arr``), resized to the crop size."""

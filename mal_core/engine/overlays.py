@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mal_core.data.coco import CocoDataset, decode_segmentation
+from mal_core.data.images import read_rgb
 
 _PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
                      [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], dtype=np.float32)
@@ -41,8 +42,7 @@ def write_overlays(coco: CocoDataset, annotations: list[dict[str, Any]], out_dir
         if n >= limit:
             break
         info = images[image_id]
-        with Image.open(coco.img_dir / info["file_name"]) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = read_rgb(coco.img_dir / info["file_name"])
         tmp = out_dir / f".{Path(info['file_name']).stem}.png.tmp"
         render_overlay(arr, anns).save(tmp, format="PNG")
         tmp.replace(out_dir / f"{Path(info['file_name']).stem}.png")
