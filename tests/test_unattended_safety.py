@@ -491,3 +491,125 @@ def test_mal_cache_dir_that_is_a_file_is_exit_2(tmp_path: Path, capsys: pytest.C
     _assert_exit2(rc, out, captured.err, "MAL_CACHE_DIR")
     assert out["error"]["field"] == "MAL_CACHE_DIR" and str(cache) in out["error"]["message"]
     assert _snapshot(tmp_path) == before
+
+
+# ----- 5. resource bombs and exit-2 hygiene ---------------------------------------------------------------------------
+
+_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+
+
+def _dry(capsys: pytest.CaptureFixture[str], action: str, argv: list[str]) -> tuple[int, dict[str, Any], str]:
+    rc = cli_main([action, "--dry-run", *argv])
+    captured = capsys.readouterr()
+    return rc, json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+
+@pytest.mark.parametrize(("where", "needle", "field"), [
+    ("spec_laughs", "YAML bomb", "spec"),
+    ("spec_merge_laughs", "YAML bomb", "spec"),
+    ("spec_deep_yaml", "nested deeper than", "spec"),
+    ("spec_deep_json", "nested deeper than", "spec"),
+    ("set_laughs", "YAML bomb", "train.margin_rate"),
+    ("set_deep", "nested deeper than", "train.margin_rate"),
+    ("spec_overrides_deep", "nested deeper than", "spec_overrides"),
+    ("spec_overrides_very_deep", "nested too deeply", "spec_overrides"),
+    ("shorthand_deep", "nested deeper than", None),
+])
+def test_yaml_bombs_and_deep_nesting_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str,
+                                                needle: str, field: str | None) -> None:
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    argv: list[str] = ["--jobs-root", str(tmp_path / "jobs"), "--automl-policy", "off"]
+    if where == "spec_laughs":
+        spec.write_text(_LAUGHS + "train: {num_epochs: 1}\n")
+    elif where == "spec_merge_laughs":
+        spec.write_text("a: &a {k0: x, k1: x, k2: x, k3: x, k4: x, k5: x, k6: x, k7: x, k8: x, k9: x}\n" + "".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6)))
+    elif where == "spec_deep_yaml":
+        spec.write_text("train:\n" + "".join("  " * i + f"  k{i}:\n" for i in range(1, 200)) + "  " * 200 + "  x: 1\n")
+    elif where == "spec_deep_json":
+        spec.write_text('{"train": ' + "[" * 50000 + "]" * 50000 + "}")
+    if where.startswith("spec_") and not where.startswith("spec_overrides"):
+        argv += ["-e", str(spec)]
+    elif where == "set_laughs":
+        value = "{a: &a [x,x,x,x,x,x,x,x,x,x], " + ", ".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)) + "}"
+        argv += ["--set", "train.margin_rate=" + value]
+    elif where == "set_deep":
+        argv += ["--set", "train.margin_rate=" + "[" * 5000 + "]" * 5000]
+    elif where == "spec_overrides_deep":
+        argv += ["--spec-overrides", '{"train.margin_rate": ' + "[" * 100 + "]" * 100 + "}"]
+    elif where == "spec_overrides_very_deep":
+        argv += ["--spec-overrides", '{"train.margin_rate": ' + "[" * 100000 + "]" * 100000 + "}"]
+    else:
+        argv += ["--epochs", "[" * 100 + "]" * 100]
+    t0 = time.time()
+    rc, out, err = _dry(capsys, "train", argv)
+    assert time.time() - t0 < 20
+    _assert_exit2(rc, out, err, needle)
+    if field is not None:
+        assert out["error"]["field"] == field, out["error"]
+    if where.startswith("spec_") and not where.startswith("spec_overrides"):
+        assert str(spec) in out["error"]["message"]
+
+
+def _coco_with(tmp_path: Path, mutate: Any) -> Path:
+    from mal_core.skill.testing import minimal_coco
+
+    files = minimal_coco(tmp_path / "data")
+    ann = Path(files["ann"])
+    text = mutate(ann.read_text())
+    ann.write_text(text)
+    return ann
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("ann_id_2_64", "annotation #0 has id 18446744073709551616, which does not fit in 64 bits"),
+    ("ann_id_float_1e30", "annotation #0 has id 1e+30, which does not fit in 64 bits"),
+    ("ann_id_400_digits", "annotation #0 has id 1000000000"),
+    ("image_id_2_63", "image #0 has id 9223372036854775808, which does not fit in 64 bits"),
+    ("category_id_minus_2_70", "category #0 has id -1180591620717411303424, which does not fit"),
+    ("deep_nesting", "nested too deeply"),
+])
+def test_annotation_ids_beyond_64_bits_and_deep_nesting_are_exit_2(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch, case: str,
+                                                                   needle: str) -> None:
+    def mutate(text: str) -> str:
+        if case == "deep_nesting":
+            return text[:-1] + ', "extra": ' + "[" * 100000 + "]" * 100000 + "}"
+        doc = json.loads(text)
+        if case.startswith("ann_id"):
+            doc["annotations"][0]["id"] = {"ann_id_2_64": 2**64, "ann_id_float_1e30": 1e30,
+                                           "ann_id_400_digits": 10**400}[case]
+        elif case == "image_id_2_63":
+            doc["images"][0]["id"] = doc["annotations"][0]["image_id"] = 2**63
+        else:
+            doc["categories"][0]["id"] = doc["annotations"][0]["category_id"] = -(2**70)
+        return json.dumps(doc)
+
+    ann = _coco_with(tmp_path, mutate)
+    before = ann.read_bytes()
+    rc, out, err = _job_run(capsys, monkeypatch, tmp_path, "evaluate", "e1", "--set", f"dataset.val_ann_path={ann}")
+    _assert_exit2(rc, out, err, str(ann), needle)
+    assert ann.read_bytes() == before and not (tmp_path / "jobs" / "e1").exists()
+
+
+@pytest.mark.parametrize("flag", ["--job-id", "--parent-job-id"])
+def test_empty_job_ids_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    argv = ["--jobs-root", str(tmp_path / "jobs"), "--set", "evaluate.checkpoint=/x.pth", flag, ""]
+    rc, out, err = _dry(capsys, "evaluate", argv)
+    _assert_exit2(rc, out, err, "''")
+    assert out["error"]["field"] == flag[2:].replace("-", "_")
+    assert not (tmp_path / "jobs").exists()
+
+
+@pytest.mark.parametrize("name", ["model.pth", "model.onnx.bak", "out/", ".onnx", ""])
+def test_export_onnx_file_must_end_in_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(b"x")
+    rc, out, err = _dry(capsys, "export", ["--jobs-root", str(tmp_path / "jobs"), "--set",
+                                           f"export.checkpoint={ckpt}", "--set", f"export.onnx_file={name}"])
+    assert rc == 2 and out["error"]["field"] == "export.onnx_file" and "Traceback" not in err, out

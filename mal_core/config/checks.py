@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mal_core.config.actions import action_decl
@@ -26,6 +27,11 @@ def _check_train(cfg: ExperimentConfig) -> None:
 def _check_export(cfg: ExperimentConfig) -> None:
     if cfg.export.batch_size == 0:
         raise SpecError("export.batch_size must be -1 (dynamic) or a positive batch size", field="export.batch_size")
+    name = cfg.export.onnx_file
+    if not name.lower().endswith(".onnx") or not name.strip() or Path(name).name.lower() == ".onnx":
+        raise SpecError(f"export.onnx_file {name!r} must be a file name ending in .onnx (evaluate and inference tell "
+                        "an ONNX model from a checkpoint by that suffix)", field="export.onnx_file",
+                        hint="e.g. --set export.onnx_file=model.onnx")
 
 
 def _check_pretrain(cfg: ExperimentConfig) -> None:

@@ -15,6 +15,76 @@ import yaml
 from mal_core.config.experiment import KEY_ALIASES, ExperimentConfig
 from mal_core.errors import SpecError
 
+#: Bounds of a spec document (a spec file, a ``--set`` value, ``--spec-overrides``): nesting depth, values after
+#: YAML aliases are expanded (a few anchors can otherwise stand for gigabytes), and the size of a spec file.
+MAX_SPEC_DEPTH = 32
+MAX_SPEC_NODES = 100_000
+MAX_SPEC_BYTES = 4 << 20
+
+
+def check_yaml_bounds(text: str, source: str, field: str) -> None:
+    """Walk the YAML events of ``text`` (no object is built) and refuse, with a :class:`SpecError` naming
+    ``source``, a document nested deeper than :data:`MAX_SPEC_DEPTH` or one that expands to more than
+    :data:`MAX_SPEC_NODES` values through anchors and aliases (``&a`` / ``*a``)."""
+    sizes: dict[str, int] = {}
+    stack: list[list[Any]] = []  # [expanded size so far, anchor] of each open mapping/sequence
+    total = 0
+
+    def add(size: int) -> None:
+        nonlocal total
+        total += size
+        if total > MAX_SPEC_NODES:
+            raise SpecError(f"{source} expands to more than {MAX_SPEC_NODES} values through YAML anchors and aliases "
+                            "(&name / *name); refused as a possible YAML bomb", field=field,
+                            hint="write the values out, without nested aliases")
+        if stack:
+            stack[-1][0] += size
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                if len(stack) >= MAX_SPEC_DEPTH:
+                    raise SpecError(f"{source} is nested deeper than {MAX_SPEC_DEPTH} levels", field=field,
+                                    hint="a spec is a few sections of plain values")
+                stack.append([0, event.anchor])
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                size, anchor = stack.pop()
+                size += 1
+                if anchor:
+                    sizes[anchor] = size
+                add(size)
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    sizes[event.anchor] = 1
+                add(1)
+            elif isinstance(event, yaml.AliasEvent):
+                add(sizes.get(event.anchor, 1))
+    except yaml.YAMLError:
+        return  # the caller's own parse reports the syntax error
+
+
+def check_json_depth(value: Any, source: str, field: str, max_depth: int = MAX_SPEC_DEPTH) -> None:
+    """Refuse (:class:`SpecError` naming ``source``) a parsed JSON/YAML value nested deeper than ``max_depth``."""
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            if depth >= max_depth:
+                raise SpecError(f"{source} is nested deeper than {max_depth} levels", field=field,
+                                hint="a spec is a few sections of plain values")
+            todo.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+
+
+def load_yaml_bounded(text: str, source: str, field: str) -> Any:
+    """``yaml.safe_load`` of ``text`` after :func:`check_yaml_bounds`; a syntax error is a :class:`SpecError`."""
+    check_yaml_bounds(text, source, field)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source} is not valid YAML: {exc}", field=field) from exc
+    except RecursionError as exc:
+        raise SpecError(f"{source} is nested too deeply", field=field) from exc
+
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
@@ -215,6 +285,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SpecError(f"override {text!r} must look like dotted.key=value", field=text)
     key, raw = text.split("=", 1)
     key = key.strip()
+    check_yaml_bounds(raw, f"--set {key}", key)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -227,10 +298,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist", field="spec")
+    if p.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {str(p)!r} is {p.stat().st_size} bytes, over the {MAX_SPEC_BYTES} a spec may be",
+                        field="spec", hint="a spec is a few sections of plain values")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}", field="spec") from exc
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec file {str(p)!r} cannot be read as text: {exc}", field="spec") from exc
+    data = load_yaml_bounded(text, f"spec file {str(p)!r}", "spec") or {}
     if not isinstance(data, dict):
         raise SpecError(f"spec file {str(p)!r} must hold a mapping at the top level", field="spec")
     return data

@@ -95,14 +95,43 @@ def read_json(path: str | Path, what: str) -> Any:
                         field=str(p)) from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{what} {str(p)!r} is not UTF-8 text", field=str(p)) from exc
+    except RecursionError as exc:
+        raise DataError(f"{what} {str(p)!r} is nested too deeply to be a COCO file", field=str(p)) from exc
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"{what} {str(p)!r} cannot be read: {exc}", field=str(p)) from exc
+
+
+#: COCO ids are stored as signed 64-bit integers (numpy/torch int64, pycocotools).
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) < 2**1000  # finite as a float (a larger int overflows float())
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _integer(value: Any) -> bool:
     return _number(value) and float(value).is_integer()
+
+
+def _integral(value: Any) -> bool:
+    """An integer of any size, or a float with an integer value."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or _integer(value)
+
+
+def _id(value: Any) -> bool:
+    """An integer id that fits in a signed 64-bit integer."""
+    return _integral(value) and ID_MIN <= int(value) <= ID_MAX
+
+
+def _id_error(where: str, what: str, index: int, value: Any, field: str) -> DataError:
+    shown = f"{value!r:.60}" + ("..." if len(repr(value)) > 60 else "")
+    if _integral(value):
+        why = "does not fit in 64 bits (ids must lie in [-2**63, 2**63 - 1])"
+    else:
+        why = "is not an integer"
+    return DataError(f"{where}: {what} #{index} has id {shown}, which {why}", field=field)
 
 
 def is_crowd(ann: dict[str, Any]) -> bool:
@@ -215,12 +244,14 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
         raise DataError(f"image folder {str(img_dir)!r} does not exist", field=str(img_dir))
 
     images: dict[int, dict[str, Any]] = {}
-    for img in data["images"]:
+    for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not {"id", "file_name", "height", "width"} <= img.keys():
-            raise DataError(f"{where}: every image needs id, file_name, height and width (got {img!r})",
+            raise DataError(f"{where}: every image needs id, file_name, height and width (got {img!r:.200})",
                             field=f"{where}:images")
-        if not _integer(img["id"]):
-            raise DataError(f"{where}: image id must be an integer, got {img['id']!r}", field=f"{where}:images")
+        if not _integral(img["id"]):
+            raise DataError(f"{where}: image id must be an integer, got {img['id']!r:.60}", field=f"{where}:images")
+        if not _id(img["id"]):
+            raise _id_error(where, "image", i, img["id"], f"{where}:images")
         if img["id"] in images:
             raise DataError(f"{where}: duplicate image id {img['id']} in {where}; image ids must be unique",
                             field=f"{where}:images")
@@ -232,8 +263,11 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
     categories = data["categories"]
     cat_index: dict[int, int] = {}
     for i, cat in enumerate(categories):
-        if not isinstance(cat, dict) or "id" not in cat or not _integer(cat["id"]):
-            raise DataError(f"{where}: every category needs an integer id (got {cat!r})", field=f"{where}:categories")
+        if not isinstance(cat, dict) or "id" not in cat or not _integral(cat["id"]):
+            raise DataError(f"{where}: every category needs an integer id (got {cat!r:.200})",
+                            field=f"{where}:categories")
+        if not _id(cat["id"]):
+            raise _id_error(where, "category", i, cat["id"], f"{where}:categories")
         if cat["id"] in cat_index:
             raise DataError(f"{where}: duplicate category id {cat['id']} in {where}; category ids must be unique",
                             field=f"{where}:categories")
@@ -242,12 +276,14 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
     kept: list[Instance] = []
     filtered = crowd = 0
     seen_ids: set[Any] = set()
-    for ann in data["annotations"]:
+    for n, ann in enumerate(data["annotations"]):
         ann_id = ann.get("id") if isinstance(ann, dict) else None
-        label = f"{where}: annotation id {ann_id!r}"
-        if not isinstance(ann, dict) or not _integer(ann_id):
-            raise DataError(f"{where}: every annotation needs an integer id (got {ann!r:.200})",
+        if not isinstance(ann, dict) or not _integral(ann_id):
+            raise DataError(f"{where}: every annotation needs an integer id (annotation #{n}: {ann!r:.200})",
                             field=f"{where}:annotations")
+        if not _id(ann_id):
+            raise _id_error(where, "annotation", n, ann_id, f"{where}:annotations")
+        label = f"{where}: annotation id {ann_id!r}"
         if ann_id in seen_ids:
             raise DataError(f"{label} appears twice; annotation ids must be unique", field=f"{where}:annotations")
         seen_ids.add(ann_id)

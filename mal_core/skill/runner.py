@@ -80,14 +80,17 @@ def collect_overrides(args: argparse.Namespace, shorthand: dict[str, str]) -> li
 
     Two names of one key (a shorthand or alias and its dotted key) with different values are an error naming both.
     """
-    from mal_core.config.loader import check_alias_conflicts, parse_override
+    from mal_core.config.loader import check_alias_conflicts, check_json_depth, load_yaml_bounded, parse_override
 
     named: list[tuple[str, str, Any]] = []  # (name as given, dotted key, value)
     if args.spec_overrides:
         try:
             data = json.loads(args.spec_overrides)
+        except RecursionError as exc:
+            raise SpecError("--spec-overrides is nested too deeply", field="spec_overrides") from exc
         except ValueError as exc:
             raise SpecError(f"--spec-overrides is not valid JSON: {exc}", field="spec_overrides") from exc
+        check_json_depth(data, "--spec-overrides", "spec_overrides")
         if not isinstance(data, dict):
             raise SpecError("--spec-overrides must be a JSON object of dotted keys", field="spec_overrides")
         named += [(k, shorthand.get(k, k), v) for k, v in data.items()]
@@ -95,7 +98,8 @@ def collect_overrides(args: argparse.Namespace, shorthand: dict[str, str]) -> li
     for name, value in vars(args).items():
         if name.startswith("short__") and value is not None:
             short = name[len("short__"):]
-            named.append((f"--{short}", shorthand[short], yaml.safe_load(value) if value.strip() else ""))
+            parsed = load_yaml_bounded(value, f"--{short}", shorthand[short]) if value.strip() else ""
+            named.append((f"--{short}", shorthand[short], parsed))
     check_alias_conflicts(named)
     return [(k, v) for _, k, v in named]
 
@@ -291,7 +295,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
     overrides = collect_overrides(args, decl.shorthand(info.spec_shorthand_keys))
     tree, explicit = assemble_spec(action, args.spec, overrides, root)
     jobs_root = default_jobs_root(args.jobs_root)
-    job_id = check_job_id(args.job_id) if args.job_id else new_job_id(action)
+    job_id = check_job_id(args.job_id) if args.job_id is not None else new_job_id(action)  # "" is refused
     results_dir = jobs_root / job_id
     res.update(job_id=job_id, results_dir=str(results_dir), spec_path=str(results_dir / "spec.yaml"))
     given = {KEY_ALIASES.get(k, k) for k, _ in overrides}
@@ -303,7 +307,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
         tree["results_dir"] = ""
     confine_results_dirs(action, tree, given, results_dir)
     parent = None
-    if args.parent_job_id:
+    if args.parent_job_id is not None:
         if not decl.parents:
             raise SpecError(f"{action} takes no parent job", field="parent_job_id", hint="drop --parent-job-id")
         parent = resolve_parent(jobs_root, args.parent_job_id, args.parent_checkpoint, decl.parents)
