@@ -75,13 +75,15 @@ def default_cache_dir(jobs_root: Path) -> Path:
     """``$MAL_CACHE_DIR``, else ``<jobs_root>/.cache/datasources``; :class:`DataSourceError` (exit 2) naming
     ``MAL_CACHE_DIR`` when it (or the nearest existing folder above it) is a file rather than a folder."""
     env = os.environ.get("MAL_CACHE_DIR")
-    path = Path(env) if env else jobs_root / ".cache" / "datasources"
+    if not env:  # under the jobs root, whose own checks name --jobs-root
+        return jobs_root / ".cache" / "datasources"
+    path = Path(env)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         where = "" if existing == path else f" ({existing} above it)"
-        raise DataSourceError(f"{'MAL_CACHE_DIR' if env else 'data cache'} {str(path)!r}{where} is an existing "
-                              "file, expected a folder (downloaded and extracted data sources are cached there)",
-                              field="MAL_CACHE_DIR", hint="point MAL_CACHE_DIR at a folder, or move the file away")
+        raise DataSourceError(f"MAL_CACHE_DIR {str(path)!r}{where} is an existing file, expected a folder "
+                              "(downloaded and extracted data sources are cached there)", field="MAL_CACHE_DIR",
+                              hint="point MAL_CACHE_DIR at a folder, or move the file away")
     return path
 
 
