@@ -27,6 +27,7 @@ from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.progress import Progress
 from mal_core.engine.restore import restore_network
 from mal_core.engine.shards import Shard, passthrough, read_shard, write_labels
+from mal_core.utils.stop import raise_if_stopped
 
 log = logging.getLogger(__name__)
 #: How often Ray restarts a lost labelling actor, and retries the shard it was labelling.
@@ -110,6 +111,7 @@ class ShardLabeller:
             loader = DataLoader(dataset, batch_size=inf.batch_size, num_workers=workers, collate_fn=collate_crops)
             with torch.inference_mode(), autocast_for(self.device, cfg.train.use_amp):
                 for batch in loader:
+                    raise_if_stopped()  # a signal swallowed inside the loader (e.g. during a fork) still stops
                     for label in self.labeller.label(to_device(batch, self.device)):
                         ann = label_annotation(coco, label)
                         inst = coco.instances[label.index]

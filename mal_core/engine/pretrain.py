@@ -37,6 +37,7 @@ from mal_core.engine.trainer import build_trainer, device_settings
 from mal_core.errors import CheckpointError
 from mal_core.model.mae import MAEDecoderSize, build_mae
 from mal_core.model.weights import load_mae_weights, torch_load
+from mal_core.utils.stop import deferred_stop
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ def run_pretrain(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -
         callbacks=[MALCheckpoint(results_dir, p.checkpoint_interval)], max_epochs=p.num_epochs,
         steps_per_epoch=len(loader),
     )
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    with deferred_stop():  # SIGTERM/SIGINT: the checkpoint callback saves a resumable checkpoint, then stops
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
     artifacts: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from mal_core.utils.stop import raise_if_stopped
+
 log = logging.getLogger(__name__)
 #: Seconds between two progress log lines when stderr is not a terminal.
 LOG_EVERY_S = 10.0
@@ -71,7 +73,8 @@ class Progress:
                 "seconds": round(self.seconds, 1)}
 
     def finish(self, shard: _Sized, _outcome: Any = None) -> None:
-        """Count one finished shard."""
+        """Count one finished shard (a safe point: a pending stop request is raised here)."""
+        raise_if_stopped()
         self.shards_done += 1
         self.boxes_done += shard.num_boxes
         if self._bar is not None:

@@ -30,6 +30,7 @@ from mal_core.engine.trainer import build_trainer, device_settings
 from mal_core.errors import CheckpointError, DataError
 from mal_core.model.build import build_network
 from mal_core.model.weights import load_pretrained
+from mal_core.utils.stop import deferred_stop
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         benchmark=t.cudnn.benchmark, steps_per_epoch=math.ceil(len(train_coco.instances) / t.batch_size),
     )
     dm = MALDataModule(cfg, train=train_coco, val=val_coco, load_mask=cfg.dataset.load_mask)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+    with deferred_stop():  # SIGTERM/SIGINT: the checkpoint callback saves a resumable checkpoint, then stops
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
     ckpts = [str(p) for _, _, p in list_checkpoints(results_dir)]
     latest = results_dir / f"{LATEST_NAME}.pth"
     history = results_dir / HISTORY_FILE

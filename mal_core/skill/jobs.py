@@ -36,9 +36,10 @@ LOCK_FILE = "job.lock"
 PREVIOUS_DIR = "previous_attempts"
 #: Names at the top of a job folder that belong to the job, not to one attempt.
 JOB_OWN_NAMES = (JOB_FILE, LOCK_FILE, PREVIOUS_DIR)
-STATES = ("pending", "running", "success", "failure")
-TERMINAL = ("success", "failure")
-_TRANSITIONS = {"pending": {"running", "failure"}, "running": {"success", "failure"},
+STATES = ("pending", "running", "success", "failure", "interrupted")
+TERMINAL = ("success", "failure", "interrupted")
+_TRANSITIONS = {"pending": {"running", "failure", "interrupted"}, "running": {"success", "failure", "interrupted"},
+                "interrupted": {"running"},
                 "success": {"running"}, "failure": {"running"}}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 log = logging.getLogger(__name__)
@@ -400,11 +401,13 @@ class Job:
         """Record a running job's progress (shards and boxes done / total, rate, ETA)."""
         self.update(progress=progress)
 
-    def finish(self, ok: bool, *, error: dict[str, Any] | None = None, **fields: Any) -> None:
-        """Terminal transition with the final artifacts / metrics / error."""
+    def finish(self, ok: bool, *, error: dict[str, Any] | None = None, state: str | None = None,
+               **fields: Any) -> None:
+        """Terminal transition (``success`` / ``failure``, or ``state`` such as ``interrupted``) with the final
+        artifacts / metrics / error."""
         self.record.update(fields)
         self.record["error"] = error
-        self.transition("success" if ok else "failure")
+        self.transition(state or ("success" if ok else "failure"))
 
     def log_handler(self) -> logging.Handler:
         """A file handler for ``logs/<action>.log``."""

@@ -26,6 +26,7 @@ from mal_core.config.resolved import ResolvedSpec
 from mal_core.engine.result import EngineResult
 from mal_core.errors import MalError, SpecError
 from mal_core.utils.io import json_safe
+from mal_core.utils.stop import Interrupted, catch_stop_signals, raise_if_stopped, restore_signals
 
 log = logging.getLogger("mal.runner")
 SKILL_ROOT = Path(__file__).resolve().parents[2]
@@ -188,10 +189,15 @@ def main(action: str, argv: list[str] | None = None) -> int:
     handlers = [_setup_logging()]
     t0 = time.time()
     code = 0
+    previous = catch_stop_signals()
     try:
         with contextlib.redirect_stdout(sys.stderr):
             code = _main(action, argv, out, handlers)
+    except Interrupted as exc:  # a signal before or after the job's own handling: still an honest record
+        out.update(status="interrupted", error=exc.to_dict())
+        code = exc.exit_code
     finally:
+        restore_signals(previous)
         for h in handlers:
             logging.getLogger().removeHandler(h)
             h.close()
@@ -242,6 +248,7 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         ran = True
         report = job.update_progress
         result = _run_automl(job, plan, root) if out["route"] == "automl" else run_direct(action, spec, report)
+        raise_if_stopped()  # a signal the engine's libraries swallowed still ends the run as interrupted
         # the engine's own warnings (collapse checks, clamps it applied) join the plan's in the result JSON
         out["warnings"] = list(dict.fromkeys(out.get("warnings", []) + result.warnings))
         out.update(artifacts=result.artifacts, metrics=result.metrics, status="success")
@@ -250,6 +257,13 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         job.finish(True, artifacts=result.artifacts, metrics=result.metrics, checkpoint_dir=ckpt_dir,
                    warnings=out["warnings"])
         return 0
+    except Interrupted as exc:
+        log.error("%s: %s", action, exc.to_dict()["message"])
+        out.update(status="interrupted", error=exc.to_dict())
+        if job is not None:
+            with contextlib.suppress(Interrupted):  # a second signal must not cut the record short
+                job.finish(False, error=out["error"], state="interrupted")
+        return exc.exit_code
     except MalError as exc:
         out.update(status="failure", error=exc.to_dict())
         log.error("%s%s", exc.message, f" (field: {exc.field})" if exc.field else "")
