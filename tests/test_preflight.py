@@ -146,7 +146,7 @@ def test_bad_checkpoint_paths_and_settings_exit_2_before_anything_runs(
 
 def test_preflight_failure_on_a_rerun_records_the_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    def engine(action: str, spec: ResolvedSpec) -> EngineResult:
+    def engine(action: str, spec: ResolvedSpec, report: Any = None) -> EngineResult:
         ckpt = Path(spec.tree["results_dir"]) / "model_epoch_000_step_00001.pth"
         ckpt.write_bytes(b"weights")
         return EngineResult(spec.tree["results_dir"], {"checkpoints": [str(ckpt)]}, {"mIoU": 0.5})
