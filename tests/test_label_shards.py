@@ -163,3 +163,17 @@ def test_ray_workers_survive_a_killed_worker_and_upload_to_s3(trained: dict[str,
     assert res["artifacts"]["output_uri"] == f"s3://labels/run1/{local.name}"
     body = s3_client.get_object(Bucket="labels", Key=f"run1/{local.name}")["Body"].read()
     assert body == local.read_bytes()
+
+
+def test_per_shard_metrics_equal_evaluate(trained: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """mIoU summed from 24 shard files equals evaluate's one pass over the same boxes."""
+    rc, inf = _run(capsys, "inference", _argv(trained, "scored", "--set", "inference.load_mask=true",
+                                              "--set", "inference.review_page=false"))
+    assert rc == 0, inf["error"]
+    rc, ev = _run(capsys, "evaluate", ["--jobs-root", str(trained["jobs"]), "--parent-job-id", "t1",
+                                       "--job-id", "ev", "--set", f"dataset.val_ann_path={trained['ann']}",
+                                       "--set", f"dataset.val_img_dir={trained['img']}"])
+    assert rc == 0, ev["error"]
+    assert inf["metrics"]["num_instances"] == ev["metrics"]["num_instances"] == 66
+    for key in ("mIoU", "mIoU_instance", "mIoU_small", "mIoU_medium"):
+        assert inf["metrics"][key] == pytest.approx(ev["metrics"][key], abs=1e-6), key

@@ -59,7 +59,7 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     base = CocoDataset(coco.ann_path, coco.img_dir, {"annotations": []}, coco.categories, [], 0)
     num_input = len(coco.raw["annotations"])
     del coco  # everything labelling needs is in the shard files now
-    done = {s.index: head for s in shards if (head := read_labels_header(s.labels_path, key)) is not None}
+    done = {s.index for s in shards if read_labels_header(s.labels_path, key) is not None}
     todo = [s for s in shards if s.index not in done]
     progress = Progress(shards, done, report)
     if done:
@@ -72,42 +72,55 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         for shard in todo:
             progress.finish(shard, worker.label(shard, key))
     progress.close()
-    heads = [read_labels_header(s.labels_path, key) for s in shards]
-    missing = [s.index for s, h in zip(shards, heads, strict=True) if h is None]
-    if missing:
-        raise RuntimeError(f"shards {missing[:10]} have no complete labels file after labelling")
+    summary = LabelSummary(base.num_categories, inf.max_review_items)
+    for shard in shards:  # one shard header in memory at a time
+        summary.add(shard, read_labels_header(shard.labels_path, key))
+    if summary.missing:
+        raise RuntimeError(f"shards {summary.missing[:10]} have no complete labels file after labelling")
     out_path = results_dir / inf.label_dump_path
     paths = [s.labels_path for s in shards]
     assemble(folder, paths, out_path)
-    num_labelled = sum(int(h["num_labelled"]) for h in heads if h)
     artifacts: dict[str, Any] = {"label_dump": str(out_path), "checkpoint": str(inf.checkpoint),
-                                 "num_labelled": num_labelled, "shards": str(folder)}
+                                 "num_labelled": summary.num_labelled, "shards": str(folder)}
     result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
     result.details.update(num_input_annotations=num_input, num_shards=len(shards), shards_resumed=len(done),
                           seconds=round(time.time() - t0, 2), labelling_seconds=round(progress.seconds, 2),
                           boxes_per_second=progress.rate())
-    if inf.load_mask and num_labelled:
-        result.metrics = _metrics(base.num_categories, [h for h in heads if h])
-    _write_review(cfg, base, folder, paths, [h for h in heads if h], results_dir, artifacts)
+    if inf.load_mask and summary.num_labelled:
+        result.metrics = dict(summary.metric.compute())
+    _write_review(cfg, base, folder, paths, {pos for _score, pos in summary.lowest}, results_dir, artifacts)
     if inf.output_uri:
         from mal_core.engine.upload import upload_file
 
         artifacts["output_uri"] = upload_file(out_path, inf.output_uri, "inference.output_uri")
-    log.info("wrote %d labelled annotations to %s", num_labelled, out_path)
+    log.info("wrote %d labelled annotations to %s", summary.num_labelled, out_path)
     return result
 
 
-def _metrics(num_categories: int, heads: list[dict[str, Any]]) -> dict[str, Any]:
-    """mIoU from the shards' metric states (summed; the same as one pass over every label)."""
-    metric = MaskMIoU(num_categories, sync_on_compute=False)
-    for h in heads:
-        if h.get("metric"):
-            metric.add_sums(torch.tensor(h["metric"]["iou_sum"]), torch.tensor(h["metric"]["count"]))
-    return dict(metric.compute())
+class LabelSummary:
+    """What the shard headers add up to, read one header at a time: labels made, the metric (per-shard sums added
+    up: the same as one pass over every label) and the lowest scores for the review page."""
+
+    def __init__(self, num_categories: int, keep: int) -> None:
+        self.metric = MaskMIoU(num_categories, sync_on_compute=False)
+        self.keep = keep
+        self.num_labelled = 0
+        self.lowest: list[tuple[float, int]] = []
+        self.missing: list[int] = []
+
+    def add(self, shard: Any, head: dict[str, Any] | None) -> None:
+        """Add one shard's header (None: the shard has no complete labels file)."""
+        if head is None:
+            self.missing.append(shard.index)
+            return
+        self.num_labelled += int(head["num_labelled"])
+        if head.get("metric"):
+            self.metric.add_sums(torch.tensor(head["metric"]["iou_sum"]), torch.tensor(head["metric"]["count"]))
+        self.lowest = heapq.nsmallest(self.keep, [*self.lowest, *(tuple(x) for x in head.get("lowest", []))])
 
 
-def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths: list[Path],
-                  heads: list[dict[str, Any]], results_dir: Path, artifacts: dict[str, Any]) -> None:
+def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths: list[Path], lowest: set[int],
+                  results_dir: Path, artifacts: dict[str, Any]) -> None:
     """Overlays (first images by id) and the review page (lowest scores), reading only the labels they show."""
     inf = cfg.inference
     want_review = inf.review_page and artifacts["num_labelled"]
@@ -119,8 +132,6 @@ def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths:
     light = CocoDataset(base.ann_path, base.img_dir, {"images": header.get("images", []), "annotations": [],
                                                       "categories": header.get("categories", [])},
                         base.categories, [], 0)
-    lowest = {pos for _s, pos in heapq.nsmallest(inf.max_review_items, [tuple(x) for h in heads
-                                                                         for x in h.get("lowest", [])])}
     labelled_images = sorted({a["image_id"] for _p, a in merged_records(paths) if "score" in a}) \
         if inf.save_overlays else []
     overlay_images = set(labelled_images[:inf.max_overlays])
