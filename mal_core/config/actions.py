@@ -115,6 +115,8 @@ def _resolve(ref: str) -> Callable[..., Any]:
 
 
 _RESULTS = "every output of the action"
+#: The folder of a labelling job's shard files (:mod:`mal_core.engine.shards`), kept by a re-run that continues it.
+SHARDS_DIR = "shards"
 _OUTPUT_DIR = {"results_dir": "output_dir"}
 
 ACTIONS: dict[str, ActionDecl] = {
@@ -188,7 +190,7 @@ ACTIONS: dict[str, ActionDecl] = {
                      "inference.label_dump_path": "create_inference_result_file_mal"},
         parents=("train", "export"), parent_key="inference.checkpoint", parent_fixes_model=True,
         preflight="mal_core.skill.preflight:read_inference_data", output_example="inference.json",
-        resume_key="mal_core.engine.shards:resume_key", keeps_on_rerun=("shards",), reports_progress=True,
+        resume_key="mal_core.engine.shards:resume_key", keeps_on_rerun=(SHARDS_DIR,), reports_progress=True,
     ),
     "export": ActionDecl(
         name="export", section="export", entry="mal_core.engine.export:run_export",

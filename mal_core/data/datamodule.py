@@ -1,4 +1,5 @@
-"""Lightning DataModule: COCO files -> box-crop datasets -> loaders for train, validation and prediction."""
+"""Lightning DataModule: COCO files -> box-crop datasets -> loaders for training and validation (labelling runs
+shard by shard outside Lightning: :mod:`mal_core.engine.label_workers`)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ class MALDataModule(pl.LightningDataModule):
     """Loaders over pre-parsed datasets (parsing happens up front so bad input fails before any training)."""
 
     def __init__(self, cfg: ExperimentConfig, *, train: CocoDataset | None = None, val: CocoDataset | None = None,
-                 predict: CocoDataset | None = None, load_mask: bool = True, batch_size: int | None = None,
+                 load_mask: bool = True, batch_size: int | None = None,
                  gt_crop: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.train_coco, self.val_coco, self.predict_coco = train, val, predict
+        self.train_coco, self.val_coco = train, val
         self.load_mask = load_mask
         self.gt_crop = gt_crop
         self.batch_size = batch_size or cfg.train.batch_size
@@ -57,7 +58,3 @@ class MALDataModule(pl.LightningDataModule):
             return []
         return self._loader(self._test_set(self.val_coco, self.load_mask), shuffle=False,
                             batch_size=self.batch_size, unrepeated=True)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._test_set(self.predict_coco, self.load_mask), shuffle=False,
-                            batch_size=self.batch_size)

@@ -1,5 +1,5 @@
-"""The MAL LightningModule: manual-optimisation training with MIL + CRF losses and an EMA teacher, mIoU
-validation, and mask prediction."""
+"""The MAL LightningModule: manual-optimisation training with MIL + CRF losses and an EMA teacher, and mIoU
+validation through the labelling core (:mod:`mal_core.engine.labelling`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mal_core.checkpoint_files import CHECKPOINT_FORMAT
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.engine.diagnostics import collapse_warnings
-from mal_core.engine.labelling import BoxLabel, Labeller, TestTimeSettings
+from mal_core.engine.labelling import Labeller, TestTimeSettings
 from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.optim import build_optimizer
 from mal_core.engine.postprocess import box_fill, region_iou
@@ -161,10 +161,6 @@ class MALModule(pl.LightningModule):
             self.history_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.history_path, "a") as fh:
                 fh.write(json.dumps(json_safe(record)) + "\n")
-
-    # ----- prediction ---------------------------------------------------------------------------------------
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[BoxLabel]:
-        return self.labeller.label(batch)
 
     # ----- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mal_core.config.actions import SHARDS_DIR
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.data.coco import CocoDataset, Instance, is_crowd
 from mal_core.utils.io import atomic_write, atomic_write_json
 
-SHARDS_DIR = "shards"
+__all__ = ["SHARDS_DIR", "Shard", "assemble", "read_labels_header", "resume_key", "write_plan"]
 HEADER_FILE = "header.json"
 #: Version of the shard files; a change makes older shards unusable for resume.
 SHARD_FORMAT = 1

@@ -21,13 +21,14 @@ from mal_core.config.actions import ActionDecl, action_decl
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import get_dotted, get_field, set_dotted
 from mal_core.config.resolved import ResolvedSpec
+from mal_core.engine.shards import SHARDS_DIR
 from mal_core.errors import CheckpointError, DataError, SpecError
 from mal_core.skill.jobs import JOB_OWN_NAMES, LOG_DIR, SPEC_FILE
 
 #: Names in the job folder that no output may replace.
 RESERVED_NAMES = (*JOB_OWN_NAMES, SPEC_FILE, LOG_DIR)
 #: Folders of a results folder that labelling fills (overlays, the review page): never a place for the label file.
-LABELLING_DIRS = ("overlays", "review")
+LABELLING_DIRS = ("overlays", "review", SHARDS_DIR)
 
 
 def _real(path: str | Path) -> str:
