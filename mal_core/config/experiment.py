@@ -394,10 +394,12 @@ class InferenceConfig:
     """Labelling boxes with masks."""
 
     num_gpus: int = param(1, title="Number of GPUs", minimum=1, maximum=1024, popular=True,
-                          description="Devices per node.")
+                          description="In-process labelling runs on the first of gpu_ids (when CUDA is present); "
+                          "for several GPUs or machines use num_workers (Ray), one GPU per worker.")
     gpu_ids: list[int] = param([0], title="GPU ids", popular=True, description="CUDA device indices to use.")
     num_nodes: int = param(1, title="Number of nodes", minimum=1, maximum=1024, popular=True,
-                           description="Machines to use.")
+                           description="Kept for TAO spec compatibility; labelling on several machines uses "
+                           "num_workers with ray_address.")
     checkpoint: str = param("", title="Checkpoint", required=True,
                             description="MAL checkpoint (.pth) to label with, or an ONNX file written by export.")
     results_dir: str | None = param(

@@ -51,6 +51,9 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     masks) the labels' mIoU. ``report`` receives the progress after each shard."""
     t0 = time.time()
     inf = cfg.inference
+    if inf.num_workers == 0 and (inf.num_gpus > 1 or inf.num_nodes > 1):
+        log.warning("inference.num_gpus=%d / num_nodes=%d: labelling in this process uses one device; set "
+                    "inference.num_workers to label on several GPUs or machines (Ray)", inf.num_gpus, inf.num_nodes)
     results_dir = Path(ACTIONS["inference"].results_dir(cfg))
     coco = load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask)
     key = resume_key(cfg)
