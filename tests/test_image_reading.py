@@ -106,7 +106,7 @@ def test_rotated_image_is_read_the_same_way_by_training_labelling_overlays_revie
     red, blue = float(crop[0].mean()), float(crop[2].mean())
     assert red > blue
     out = write_overlays(coco, coco.raw["annotations"], tmp_path / "overlays", limit=10)
-    assert Image.open(out / "rot.png").size == (RAW_H, RAW_W)
+    assert Image.open(out / "1-rot.png").size == (RAW_H, RAW_W)
     page = write_review_page(coco, coco.raw["annotations"], tmp_path / "review", limit=10)
     assert page.is_file() and (tmp_path / "review" / "thumbs" / "7.png").is_file()
     pre = PretrainImages([tmp_path / "images" / "rot.png"], 32)

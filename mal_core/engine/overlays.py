@@ -11,6 +11,8 @@ from PIL import Image, ImageDraw
 
 from mal_core.data.coco import CocoDataset, decode_segmentation
 from mal_core.data.images import read_rgb
+from mal_core.utils.io import atomic_write
+from mal_core.utils.safe_paths import check_guarded
 
 _PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
                      [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], dtype=np.float32)
@@ -31,8 +33,16 @@ def render_overlay(image: np.ndarray, annotations: list[dict[str, Any]], alpha: 
     return pil
 
 
+def overlay_name(image: dict[str, Any]) -> str:
+    """File name of an image's overlay: ``<image id>-<file stem>.png``, unique per image (``a/img.png`` and
+    ``b/img.png`` share a stem, never an id)."""
+    return f"{image['id']}-{Path(str(image['file_name'])).stem}.png"
+
+
 def write_overlays(coco: CocoDataset, annotations: list[dict[str, Any]], out_dir: Path, limit: int) -> Path:
-    """One ``<image stem>.png`` per labelled image (at most ``limit``) in ``out_dir``."""
+    """One :func:`overlay_name` PNG per labelled image (at most ``limit``) in ``out_dir``, each written atomically
+    (never through a link in the job folder)."""
+    check_guarded(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for ann in annotations:
@@ -43,7 +53,6 @@ def write_overlays(coco: CocoDataset, annotations: list[dict[str, Any]], out_dir
             break
         info = images[image_id]
         arr = read_rgb(coco.img_dir / info["file_name"])
-        tmp = out_dir / f".{Path(info['file_name']).stem}.png.tmp"
-        render_overlay(arr, anns).save(tmp, format="PNG")
-        tmp.replace(out_dir / f"{Path(info['file_name']).stem}.png")
+        pil = render_overlay(arr, anns)
+        atomic_write(out_dir / overlay_name(info), lambda tmp, pil=pil: pil.save(tmp, format="PNG"))
     return out_dir

@@ -15,7 +15,7 @@ from mal_core.config.experiment import PretrainConfig
 from mal_core.engine.optim import build_mae_optimizer
 from mal_core.engine.schedule import lr_at
 from mal_core.engine.seeding import seed_rank_streams
-from mal_core.utils.io import drop_history_from_epoch
+from mal_core.utils.io import append_text, drop_history_from_epoch
 
 #: Record stored in every pretrain checkpoint (``checkpoint["mal_pretrain"]``): what the weights are.
 PRETRAIN_RECORD = "mal_pretrain"
@@ -72,9 +72,8 @@ class MAEPretrainModule(pl.LightningModule):
         self.last_loss = sum(self._epoch_losses) / len(self._epoch_losses)
         self._epoch_losses = []
         if self.history_path is not None and self.trainer.is_global_zero:
-            with self.history_path.open("a") as f:
-                f.write(json.dumps({"epoch": self.current_epoch, "step": self.global_step,
-                                    "loss": round(self.last_loss, 6)}) + "\n")
+            append_text(self.history_path, json.dumps({"epoch": self.current_epoch, "step": self.global_step,
+                                                       "loss": round(self.last_loss, 6)}) + "\n")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[PRETRAIN_RECORD] = {"arch": self.arch, "crop_size": self.crop_size,

@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 from mal_core.data.coco import CocoDataset, decode_segmentation
 from mal_core.data.images import read_rgb
 from mal_core.engine.quality import SCORE_DESCRIPTION
-from mal_core.utils.io import atomic_write_text
+from mal_core.utils.io import atomic_write, atomic_write_text
+from mal_core.utils.safe_paths import check_guarded
 
 REVIEW_DIR = "review"
 THUMB_SIDE = 160
@@ -51,6 +52,7 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
     """Write ``out_dir/index.html`` with the ``limit`` lowest-scored labels first; returns the page path.
     ``total``: how many labels the job made, when ``labelled`` holds only the lowest-scored ones."""
     thumbs = out_dir / "thumbs"
+    check_guarded(thumbs)  # never through a link planted in the job folder
     thumbs.mkdir(parents=True, exist_ok=True)
     ranked = sorted((a for a in labelled if "score" in a and not a.get("iscrowd", 0)), key=lambda a: a["score"])
     shown = ranked[:limit]
@@ -62,9 +64,8 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
     for image_id, anns in by_image.items():  # each image decoded once
         arr = read_rgb(coco.img_dir / images[image_id]["file_name"])
         for ann in anns:
-            tmp = thumbs / f".{ann['id']}.png.tmp"
-            render_thumbnail(arr, ann).save(tmp, format="PNG")
-            tmp.replace(thumbs / f"{ann['id']}.png")
+            pil = render_thumbnail(arr, ann)
+            atomic_write(thumbs / f"{ann['id']}.png", lambda tmp, pil=pil: pil.save(tmp, format="PNG"))
     cards = []
     for rank, ann in enumerate(shown, 1):
         terms = ", ".join(f"{k} {v:.2f}" for k, v in ann.get("quality", {}).items())

@@ -27,7 +27,15 @@ from typing import Any
 
 from mal_core.config.actions import action_decl
 from mal_core.errors import MalError
-from mal_core.utils.io import atomic_write_json
+from mal_core.utils.io import atomic_write_json, json_safe
+from mal_core.utils.safe_paths import (
+    DiskFullError,
+    check_no_links,
+    guard,
+    open_no_follow,
+    refuse_links,
+    unguard,
+)
 
 JOB_FILE = "job.json"
 SPEC_FILE = "spec.yaml"
@@ -285,6 +293,7 @@ def archive_attempt(job_dir: Path, record: dict[str, Any], move_files: bool,
         while dest.exists():  # an attempt number seen twice (a record rewritten by hand): never overwrite
             k += 1
             dest = job_dir / PREVIOUS_DIR / f"{n}-{k}"
+        check_no_links(dest, job_dir)  # never move the attempt's files through a planted link
         dest.mkdir(parents=True)
         for p in leftovers:
             os.rename(p, dest / p.name)
@@ -328,9 +337,15 @@ class Job:
         refuse_foreign_folder(job_dir)
         ensure_job_dir(job_dir)
         lock = JobLock.acquire(job_dir, job_id, action)
+        guarded = False
         try:
+            refuse_links(job_dir)  # a link planted in the folder is refused before anything moves or is written
+            guard(job_dir)
+            guarded = True
             return cls._open_locked(jobs_root, job_dir, action, job_id, parent_id, lock, resume_key)
         except BaseException:
+            if guarded:
+                unguard(job_dir)
             lock.release()
             raise
 
@@ -374,11 +389,38 @@ class Job:
         """End of the attempt: release the job lock (idempotent)."""
         if self.lock is not None:
             self.lock.release()
+            self.lock = None
+            unguard(self.dir)
 
     def save(self) -> None:
-        """Write ``job.json`` atomically."""
+        """Write ``job.json`` atomically. On a full disk (no room for the temp file) the record is rewritten in
+        place, compact, when it fits in the space the old one holds; otherwise :class:`DiskFullError`."""
         self.record["updated"] = _now()
-        atomic_write_json(self.dir / JOB_FILE, self.record)
+        try:
+            atomic_write_json(self.dir / JOB_FILE, self.record)
+        except DiskFullError:
+            if not self._save_in_place():
+                raise
+            log.warning("job %s: disk full; %s rewritten in place", self.job_id, JOB_FILE)
+
+    def _save_in_place(self) -> bool:
+        path = self.dir / JOB_FILE
+        data = (json.dumps(json_safe(self.record), separators=(",", ":"), default=str) + "\n").encode()
+        try:
+            fd = open_no_follow(path, os.O_WRONLY)
+        except (OSError, MalError):
+            return False
+        try:
+            if len(data) > os.fstat(fd).st_size:  # growing the file would need space the disk does not have
+                return False
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def transition(self, state: str, note: str | None = None) -> None:
         """Move to ``state`` (pending -> running -> success|failure; a terminal job may be re-run)."""
@@ -410,11 +452,25 @@ class Job:
         self.transition(state or ("success" if ok else "failure"))
 
     def log_handler(self) -> logging.Handler:
-        """A file handler for ``logs/<action>.log``."""
+        """A file handler for ``logs/<action>.log`` (never through a link: :class:`LinkInJobFolder`)."""
+        path = self.dir / LOG_DIR / f"{self.record['action']}.log"
+        check_no_links(path, self.dir)
         (self.dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.dir / LOG_DIR / f"{self.record['action']}.log")
+        handler = _JobLogHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         return handler
+
+
+class _JobLogHandler(logging.FileHandler):
+    """The job's log file, opened without following a link; a write that fails (a full disk) drops the record
+    instead of printing a traceback (the same message still reaches stderr)."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        """Ignore the failed write of ``record``."""
 
 
 def record_refused_attempt(jobs_root: Path, action: str, job_id: str | None, parent_id: str | None,
@@ -433,6 +489,9 @@ def record_refused_attempt(jobs_root: Path, action: str, job_id: str | None, par
         return False
     try:
         job.finish(False, error=error, refused_by="preflight")
+    except (MalError, OSError) as exc:  # e.g. a full disk: the refusal itself is what gets reported
+        log.warning("job %s: the refused attempt is not recorded: %s", job_id, getattr(exc, "message", exc))
+        return False
     finally:
         job.close()
     return True

@@ -26,6 +26,7 @@ from mal_core.config.resolved import ResolvedSpec
 from mal_core.engine.result import EngineResult
 from mal_core.errors import MalError, SpecError
 from mal_core.utils.io import json_safe
+from mal_core.utils.safe_paths import disk_full_error, is_disk_full
 from mal_core.utils.stop import Interrupted, catch_stop_signals, raise_if_stopped, restore_signals
 
 log = logging.getLogger("mal.runner")
@@ -262,7 +263,7 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         out.update(status="interrupted", error=exc.to_dict())
         if job is not None:
             with contextlib.suppress(Interrupted):  # a second signal must not cut the record short
-                job.finish(False, error=out["error"], state="interrupted")
+                _record_end(job, error=out["error"], state="interrupted")
         return exc.exit_code
     except MalError as exc:
         out.update(status="failure", error=exc.to_dict())
@@ -270,17 +271,34 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         if exc.hint:
             log.error("hint: %s", exc.hint)
         if job is not None:
-            job.finish(False, error=out["error"])
+            _record_end(job, error=out["error"])
         return 2 if not ran or exc.code != "automl_failed" else 1
     except Exception as exc:  # runtime failure: record it and exit 1
+        full = is_disk_full(exc)
+        if full is not None:  # out of space in a write that did not name its file itself: still exit 2
+            err = disk_full_error(full.filename or "a file of the job", full)
+            log.error("%s", err.message)
+            out.update(status="failure", error=err.to_dict())
+            if job is not None:
+                _record_end(job, error=out["error"])
+            return 2
         log.exception("%s failed", action)
         out.update(status="failure", error=_runtime_error(exc))
         if job is not None:
-            job.finish(False, error=out["error"])
+            _record_end(job, error=out["error"])
         return 1
     finally:
         if job is not None:
             job.close()
+
+
+def _record_end(job: Any, *, error: dict[str, Any], state: str | None = None) -> None:
+    """Record a failed or interrupted end in ``job.json``; a record that cannot be written (a full disk, a link
+    planted at it) is logged, never raised: the exit code and the JSON line still tell the outcome."""
+    try:
+        job.finish(False, error=error, state=state)
+    except (MalError, OSError) as exc:
+        log.error("could not record the outcome in %s: %s", job.dir / "job.json", getattr(exc, "message", exc))
 
 
 def _resolve(action: str, args: argparse.Namespace, root: Path,

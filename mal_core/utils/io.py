@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -11,23 +12,64 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mal_core.utils.safe_paths import (
+    DISK_FULL_ERRNOS,
+    DiskFullError,
+    OutputPathError,
+    check_guarded,
+    disk_full_error,
+    is_disk_full,
+    open_no_follow,
+)
+
 log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then atomically rename the temp file to ``path``; never leaves a partial file."""
+    """Call ``write(tmp_path)`` then atomically rename the temp file to ``path``; never leaves a partial file nor
+    its temp file.
+
+    Below a job folder held by this run (:func:`mal_core.utils.safe_paths.guard`) no part of the path may be a
+    symbolic link (:class:`~mal_core.utils.safe_paths.LinkInJobFolder`); a folder at ``path`` is an
+    :class:`~mal_core.utils.safe_paths.OutputPathError` and a full disk or quota a
+    :class:`~mal_core.utils.safe_paths.DiskFullError`, each naming the path (exit 2)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    check_guarded(target)
+    if target.is_dir() and not target.is_symlink():
+        raise OutputPathError(f"cannot write {target}: it is an existing folder, expected a file (or nothing)",
+                              field=None, hint=f"move the folder {target} away and run again")
+    tmp: str | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None and os.path.lexists(tmp):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        full = is_disk_full(exc) if isinstance(exc, Exception) else None
+        if full is not None and not isinstance(exc, DiskFullError):
+            raise disk_full_error(target, full) from exc
         raise
     return target
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append ``text`` to ``path`` (created when missing) without following a link at it or, below a guarded job
+    folder, on the way to it; a full disk is a :class:`~mal_core.utils.safe_paths.DiskFullError` naming it."""
+    p = Path(path)
+    check_guarded(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_no_follow(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        with os.fdopen(fd, "a") as fh:
+            fh.write(text)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(p, exc) from exc
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
