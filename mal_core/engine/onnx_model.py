@@ -98,7 +98,103 @@ def read_onnx(path: str | Path, field: str) -> tuple[Any, dict[str, Any], list[d
     if meta.get(META_FORMAT) != ONNX_FORMAT or META_SPEC not in meta or META_CATEGORIES not in meta:
         raise CheckpointError(f"{str(p)!r} lacks the MAL metadata ({META_FORMAT}, {META_SPEC}, {META_CATEGORIES}); "
                               "it was not written by mal-skill", field=field)
-    return model, json.loads(meta[META_SPEC]), json.loads(meta[META_CATEGORIES])
+    _check_ops(model, p, field)
+    spec = _metadata_json(meta, META_SPEC, dict, p, field)
+    categories = _metadata_json(meta, META_CATEGORIES, list, p, field)
+    for cat in categories:
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool):
+            raise CheckpointError(f"{str(p)!r}: metadata {META_CATEGORIES} holds {str(cat)[:80]!r}, expected "
+                                  "objects with an integer 'id'", field=field, hint=_HINT)
+    _check_shapes(model, spec, p, field)
+    return model, spec, categories
+
+
+_HINT = "export the checkpoint again with `mal export` (the file is damaged or was not written by mal-skill)"
+#: Operator domains of the standard ONNX operator sets (all an export uses).
+_STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def _metadata_json(meta: dict[str, str], key: str, kind: type, p: Path, field: str) -> Any:
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{str(p)!r}: metadata {key} is not valid JSON ({str(exc)[:120]})", field=field,
+                              hint=_HINT) from exc
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{str(p)!r}: metadata {key} is a JSON {type(value).__name__}, expected "
+                              f"{'an object' if kind is dict else 'a list'}", field=field, hint=_HINT)
+    return value
+
+
+def _check_ops(model: Any, p: Path, field: str) -> None:
+    """Every node of the graph (and its subgraphs) uses a standard operator: a custom op is refused naming it."""
+    custom = sorted({f"{n.domain}::{n.op_type}" for n in _nodes(model.graph) if n.domain not in _STANDARD_DOMAINS})
+    if custom:
+        raise CheckpointError(f"{str(p)!r} uses custom operators {custom[:5]} that onnxruntime cannot run (an export "
+                              "holds standard ONNX operators only)", field=field, hint=_HINT)
+
+
+def _nodes(graph: Any) -> Any:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g.node:
+                yield from _nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _nodes(sub)
+
+
+def _dims(value_info: Any) -> list[int | str | None]:
+    """A graph input's or output's dimensions: an int when fixed, the name of a symbolic one, None when unknown."""
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def expected_shapes(spec: dict[str, Any]) -> tuple[int, int]:
+    """(crop size, mask size) a model with the stored training ``spec`` reads and writes."""
+    from mal_core.config.loader import parse_spec
+
+    model = spec.get("model", {})
+    dataset = spec.get("dataset", {})
+    crop = dataset.get("crop_size", 512) if isinstance(dataset, dict) else None
+    if not isinstance(model, dict) or not isinstance(crop, int) or isinstance(crop, bool):
+        raise ValueError("its model must be an object and dataset.crop_size an integer")
+    cfg, _ = parse_spec({"model": model, "dataset": {"crop_size": crop}})
+    return cfg.dataset.crop_size, cfg.dataset.crop_size // cfg.model.mask_stride
+
+
+def _check_shapes(model: Any, spec: dict[str, Any], p: Path, field: str) -> None:
+    """The graph reads crops (B,3,S,S) and writes logits (B,1,M,M) of the crop and mask size of its stored spec, with
+    one batch axis (fixed or not) shared by every input and output."""
+    from mal_core.errors import MalError
+
+    try:
+        crop, mask = expected_shapes(spec)
+    except (MalError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{str(p)!r}: metadata {META_SPEC} is not a usable training spec "
+                              f"({getattr(exc, 'message', exc)})", field=field, hint=_HINT) from exc
+    ins = {i.name: _dims(i) for i in model.graph.input}
+    outs = {o.name: _dims(o) for o in model.graph.output}
+    wanted = {"crops": ["B", 3, crop, crop], **{name: ["B", 1, mask, mask] for name in OUTPUTS}}
+    for name, dims in {**ins, **outs}.items():
+        want = wanted.get(name, ["B"])
+        if dims and (len(dims) != len(want) or any(w != "B" and isinstance(d, int) and d != w
+                                                   for d, w in zip(dims, want, strict=True))):
+            shown = ["B" if w == "B" else w for w in want]
+            raise CheckpointError(f"{str(p)!r}: {name} has shape {dims}, expected {shown} (crop size {crop} and mask "
+                                  f"size {mask} of the spec it carries)", field=field, hint=_HINT)
+    batch = {dims[0] for dims in (*ins.values(), *outs.values()) if dims and isinstance(dims[0], int)}
+    if len(batch) > 1 or any(b <= 0 for b in batch):
+        raise CheckpointError(f"{str(p)!r}: the inputs and outputs disagree on the batch size ({sorted(batch)})",
+                              field=field, hint=_HINT)
+
+
+def fixed_batch(session: Any) -> int | None:
+    """The batch size a model was exported with (``export.batch_size``), or None when its batch axis is dynamic."""
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def providers() -> list[str]:
@@ -136,18 +232,68 @@ class OnnxStudentTeacher(nn.Module):
 
     predict_logits = StudentTeacher.predict_logits
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, field: str = "checkpoint", mask_size: int | None = None) -> None:
         super().__init__()
         self.path = str(path)
-        self.session = ort_session(path)
+        self.field = field
+        #: the logits' side the stored spec promises (checked on every run when given)
+        self.mask_size = mask_size
+        try:
+            self.session = ort_session(path)
+        except Exception as exc:  # onnxruntime's own error types: unknown ops, bad graphs
+            raise CheckpointError(f"{str(path)!r} cannot be loaded by onnxruntime: {str(exc).splitlines()[0][:300]}",
+                                  field=field, hint=_HINT) from exc
+        #: the batch size of a model exported with a fixed one (``export.batch_size``), else None
+        self.fixed_batch = fixed_batch(self.session)
         self._cache: list[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def _run(self, crops: torch.Tensor, box_areas: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """One graph run, its outputs checked: (n,1,M,M) for n crops."""
+        try:
+            student, teacher = run_session(self.session, crops, box_areas)
+        except Exception as exc:
+            raise CheckpointError(f"{self.path!r} fails to run on a batch of {crops.shape[0]} crops "
+                                  f"{list(crops.shape[1:])}: {str(exc).splitlines()[0][:300]}", field=self.field,
+                                  hint=_HINT) from exc
+        n = crops.shape[0]
+        for name, out in zip(OUTPUTS, (student, teacher), strict=True):
+            m = self.mask_size or (out.shape[-1] if out.ndim == 4 else -1)
+            if out.ndim != 4 or tuple(out.shape) != (n, 1, m, m):
+                raise CheckpointError(f"{self.path!r}: output {name} has shape {list(out.shape)} for {n} crops, "
+                                      f"expected {[n, 1, m, m] if self.mask_size else [n, 1, 'M', 'M']}",
+                                      field=self.field, hint=_HINT)
+        return student, teacher
+
+    def _run_batch(self, crops: torch.Tensor, box_areas: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The outputs of any number of crops; a model with a fixed batch size runs chunks of that size, the last
+        one padded by repeating its last crop (the padding's outputs are dropped)."""
+        size, n = self.fixed_batch, crops.shape[0]
+        if size is None or n == size:
+            return self._run(crops, box_areas)
+        students, teachers = [], []
+        for start in range(0, n, size):
+            c, a = crops[start:start + size], box_areas[start:start + size]
+            k = c.shape[0]
+            if k < size:
+                c = torch.cat([c, c[-1:].expand(size - k, *c.shape[1:])])
+                a = torch.cat([a, a[-1:].expand(size - k)])
+            student, teacher = self._run(c, a)
+            students.append(student[:k])
+            teachers.append(teacher[:k])
+        if not students:  # no crops: nothing to run
+            return self._run_empty()
+        return np.concatenate(students), np.concatenate(teachers)
+
+    def _run_empty(self) -> tuple[np.ndarray, np.ndarray]:
+        empty = np.zeros((0, 1, self.mask_size or 0, self.mask_size or 0), dtype=np.float32)
+        return empty, empty.copy()
 
     def _outputs(self, crops: torch.Tensor, box_areas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # the cache holds the input tensors themselves, so an identical object is the same, unchanged batch
         for c, a, value in self._cache:
             if c is crops and a is box_areas:
                 return value
-        student, teacher = run_session(self.session, crops, box_areas)
+        student, teacher = self._run_batch(crops, box_areas)
         value = (torch.from_numpy(student).to(crops.device), torch.from_numpy(teacher).to(crops.device))
         self._cache = [*self._cache[-1:], (crops, box_areas, value)]
         return value

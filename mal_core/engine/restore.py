@@ -40,10 +40,11 @@ def restore_network(cfg: ExperimentConfig, checkpoint: str, field: str,
     from mal_core.engine.onnx_model import is_onnx_path
 
     if is_onnx_path(checkpoint):
-        from mal_core.engine.onnx_model import OnnxStudentTeacher, read_onnx
+        from mal_core.engine.onnx_model import OnnxStudentTeacher, expected_shapes, read_onnx
 
         _model, stored, categories = read_onnx(checkpoint, field)
-        return OnnxStudentTeacher(checkpoint), merge_checkpoint_spec(cfg, stored, explicit, checkpoint), categories
+        network = OnnxStudentTeacher(checkpoint, field, mask_size=expected_shapes(stored)[1])
+        return network, merge_checkpoint_spec(cfg, stored, explicit, checkpoint), categories
     ckpt = load_mal_checkpoint(checkpoint, field=field)
     merged = merge_checkpoint_spec(cfg, ckpt["mal"]["spec"], explicit, checkpoint)
     network = build_network(merged)

@@ -32,6 +32,7 @@ from typing import Any
 from mal_core.config.skill_info import SkillInfo
 from mal_core.errors import DataError, MalError
 from mal_core.utils.io import atomic_write_text
+from mal_core.utils.safe_paths import DISK_FULL_ERRNOS, disk_full_error
 
 log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -273,19 +274,36 @@ def _fetch_s3(uri: str, key: str, cache: Path, etag: str) -> tuple[Path, bool]:
     from botocore.exceptions import BotoCoreError, ClientError  # lazy
 
     bucket, obj = split_s3(uri)
+    check_s3_key(uri, key)
     entry = cache / _cache_key(uri, etag)
-    target = entry / PurePosixPath(obj).name
+    target = entry / obj.rsplit("/", 1)[-1]
     if target.is_file():
         return target, True
     entry.mkdir(parents=True, exist_ok=True)
     tmp = entry / f".{target.name}.part"
     try:
         _s3_client().download_file(bucket, obj, str(tmp))
+        os.replace(tmp, target)
     except (ClientError, BotoCoreError) as exc:
-        tmp.unlink(missing_ok=True)
         raise _s3_error(exc, uri, key) from exc
-    os.replace(tmp, target)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(target, exc) from exc
+        raise DataSourceError(f"{key}: cannot store {uri} as {target}: {exc.strerror}", field=key) from exc
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or cut-short download leaves no .part
     return target, False
+
+
+def check_s3_key(uri: str, key: str) -> None:
+    """An S3 value whose key has a ``.`` or ``..`` part (``s3://b/data/..``) is a :class:`DataSourceError` naming
+    it: the key's last part becomes a local file name, and these name folders."""
+    rest = uri[len("s3://"):].partition("/")[2]
+    bad = [p for p in rest.split("/") if p in (".", "..")]
+    if bad:
+        raise DataSourceError(f"{key}: S3 key {rest!r} of {uri} has a {bad[0]!r} part; an object or folder key "
+                              "must be a path of plain names (no '.' or '..' parts)", field=key,
+                              hint="give the object's or folder's own key, e.g. s3://bucket/data/annotations.json")
 
 
 def s3_list(uri: str, key: str) -> list[dict[str, Any]]:
@@ -355,6 +373,7 @@ def _fetch_s3_folder(uri: str, key: str, cache: Path, objects: list[dict[str, An
 def _s3_probe(value: str, key: str) -> tuple[list[dict[str, Any]] | None, str | None]:
     """``(listing, None)`` when ``value`` is a folder (ends in ``/``, names only a bucket, or is no object but has
     objects under it), else ``(None, etag)`` of the object; one HEAD request for an object."""
+    check_s3_key(value, key)
     if value.endswith("/") or value.count("/") == 2:
         objects = s3_list(value, key)
         if not objects:
