@@ -106,7 +106,7 @@ class _FillingFile:
 
 @pytest.mark.parametrize(("trigger", "err", "names"), [
     ("labels_00001", errno.ENOSPC, "shards/labels_00001.jsonl"),  # the second shard's labels file
-    (".instances_val2017_mal.json", errno.EDQUOT, "instances_val2017_mal.json"),  # the assembled label file
+    (".labels.json", errno.EDQUOT, "labels.json"),  # the assembled label file
     ("index.html", errno.ENOSPC, "review/index.html"),  # the review page, after the labels
 ])
 def test_disk_full_partway_through_inference_is_exit_2_naming_the_file(
@@ -118,7 +118,8 @@ def test_disk_full_partway_through_inference_is_exit_2_naming_the_file(
     disk.patch(monkeypatch, shards_mod, io_mod)
     inputs = _snapshot(Path(trained["ann"]).parent)
     rc, out, stderr = _run(capsys, "inference", _inference_argv(trained, "t1", job_id, "--set",
-                                                                "inference.shard_size=1"))
+                                                                "inference.shard_size=1", "--set",
+                                                                "inference.label_dump_path=labels.json"))
     job_dir = trained["jobs"] / job_id
     _assert_exit2(rc, out, stderr, str(job_dir / names), "no space left" if err == errno.ENOSPC else "quota")
     assert disk.failed and out["error"]["code"] == "disk_full"
