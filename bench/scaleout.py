@@ -1,4 +1,5 @@
-"""Scale-out check: train and label with 1 and with 2 CPU processes (DDP over gloo) and compare the metrics.
+"""Scale-out check: train with 1 and 2 CPU processes (DDP over gloo), label in process and with 2 Ray workers, and
+compare the metrics.
 
 Usage: python bench/scaleout.py [--epochs 20] [--train-images 60] [--seeds 0,1,2] [--json bench_output/scaleout.json]
 Each configuration runs in a fresh worker process (Lightning re-launches the worker command for rank 1), once per
@@ -8,7 +9,7 @@ seed, so the table shows run-to-run noise next to the difference. Three training
     so it takes half the optimiser steps at twice the rate.
   * 1 process, batch 2B:  the same effective batch, rate and step count as the 2-process run. DDP is correct when
     2 processes x B agree with 1 process x 2B within noise; they differ only in data order and random streams.
-Labelling is deterministic, so 2-process inference must reproduce the 1-process labels. Not a test.
+Labelling is deterministic, so labelling on 2 Ray workers must reproduce the in-process labels (masks). Not a test.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def _worker(args: argparse.Namespace) -> int:
                       batch=cfg.train.batch_size, seed=args.seed)
     else:
         cfg, explicit = parse_spec(spec, base + [
-            f"results_dir={out}", f"inference.num_gpus={procs}", f"inference.checkpoint={args.checkpoint}",
+            f"results_dir={out}", f"inference.num_workers={0 if procs == 1 else procs}",
+            f"inference.checkpoint={args.checkpoint}",
             f"inference.ann_path={data / 'val/annotations.json'}", f"inference.img_dir={data / 'val/images'}",
             "inference.load_mask=true"])
         res = run_inference(cfg, explicit)

@@ -1,7 +1,7 @@
 """Test-time options on one trained checkpoint: label a COCO folder's val split once per variant and score it.
 
-Usage: python bench/test_time.py --checkpoint CKPT --data DIR --variant "model.test_refine_iters=10" \
-           --variant "train.mask_thres=[0.6]" [--variant "a=1;b=2"]
+Usage: python bench/test_time.py --checkpoint CKPT --data DIR --variant "postprocess.refine_iters=10" \
+           --variant "postprocess.mask_thres=[0.6]" [--variant "a=1;b=2"]
 The first row is the checkpoint as trained. Prints class mIoU, instance mean, mask fill and the Spearman rank
 correlation of the quality score (and of each of its terms) with the true IoU, per variant.
 """

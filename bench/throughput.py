@@ -232,7 +232,7 @@ def make_batch(cfg: ExperimentConfig, batch_size: int, *, train: bool, rng: np.r
     for _ in range(batch_size):
         box = _sample_box(rng, d.min_obj_size, d.max_obj_size) if train else _sample_box(rng, 0.0, math.inf)
         margins = (train_margins(rng.random(6).tolist(), t.margin_rate[0], t.margin_rate[1]) if train
-                   else eval_margins(t.test_margin_rate))
+                   else eval_margins(cfg.postprocess.margin_rate))
         ext = expand_box(box, margins)
         boxes.append(box)
         exts.append(ext)

@@ -201,7 +201,7 @@ def test_schemas_are_valid_json_schema_without_nonfinite_tokens(schemas) -> None
 
 
 def test_action_filtering(schemas) -> None:
-    base = ["results_dir", "dataset", "model", "train"]
+    base = ["results_dir", "dataset", "model", "postprocess", "train"]
     assert list(schemas["train"]["properties"]) == sorted(base)
     assert sorted(schemas["evaluate"]["properties"]) == sorted([*base, "evaluate"])
     assert sorted(schemas["inference"]["properties"]) == sorted([*base, "inference"])

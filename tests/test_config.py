@@ -17,7 +17,7 @@ def test_defaults_match_tao_names_and_values():
     assert cfg.dataset.crop_size == 512
     assert cfg.dataset.load_mask is True
     assert cfg.train.warmup_epochs == 1
-    assert cfg.train.mask_thres == [0.1]
+    assert cfg.postprocess.mask_thres == [0.1]
     assert cfg.inference.label_dump_path == "instances_val2017_mal.json"
     for key in ("train.num_gpus", "train.gpu_ids", "train.num_nodes", "train.checkpoint_interval",
                 "train.validation_interval", "train.pretrained_model_path", "evaluate.checkpoint",
@@ -97,7 +97,7 @@ def test_action_checks():
     with pytest.raises(SpecError) as err:
         check_for_action(cfg, "evaluate")
     assert err.value.field == "evaluate.checkpoint"
-    cfg, _ = parse_spec({"results_dir": "/tmp/x", "train": {"mask_thres": [0.1, 0.2]}})
+    cfg, _ = parse_spec({"results_dir": "/tmp/x", "train": {"mask_thres": [0.1, 0.2]}})  # the deprecated name
     with pytest.raises(SpecError) as err:
         check_for_action(cfg, "inference")
-    assert err.value.field == "train.mask_thres"
+    assert err.value.field == "postprocess.mask_thres"

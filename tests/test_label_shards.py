@@ -136,7 +136,7 @@ def test_changed_settings_start_over(trained: dict[str, Any], capsys: pytest.Cap
     rc, out = _run(capsys, "inference", _argv(trained, "changed", "--set", "inference.shard_size=8"))
     assert rc == 0, out["error"]
     rc, out = _run(capsys, "inference", _argv(trained, "changed", "--set", "inference.shard_size=8",
-                                              "--set", "train.mask_thres=[0.6]"))
+                                              "--set", "postprocess.mask_thres=[0.6]"))
     assert rc == 0, out["error"]
     job = trained["jobs"] / "changed"
     rec = read_job(job)

@@ -94,25 +94,49 @@ def test_collapse_warnings_name_the_failure_and_the_hint():
     assert "empty" in empty[0]
 
 
-def test_test_time_refinement_may_be_set_on_any_checkpoint_but_architecture_may_not():
+def test_post_processing_may_be_set_on_any_checkpoint_but_architecture_may_not(caplog):
     import pytest
 
     from mal_core.config.loader import parse_spec, spec_to_dict
     from mal_core.engine.restore import merge_checkpoint_spec
     from mal_core.errors import SpecError
 
-    stored, _ = parse_spec({"model": {"arch": "vit-mae-nano/8"}})
+    stored, _ = parse_spec({"model": {"arch": "vit-mae-nano/8"}, "postprocess": {"mask_thres": [0.5]}})
     cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}},
-                               ["model.test_refine_iters=7", "model.test_colour_weight=6", "model.test_colour_iters=2"])
-    merged = merge_checkpoint_spec(cfg, spec_to_dict(stored), explicit, "ckpt.pth")
-    m = merged.model
-    assert (m.test_refine_iters, m.test_colour_weight, m.test_colour_iters) == (7, 6, 2)
-    trained_with, _ = parse_spec({"model": {"arch": "vit-mae-nano/8", "test_refine_iters": 4}})
+                               ["postprocess.refine_iters=7", "postprocess.colour_weight=6",
+                                "postprocess.colour_iters=2"])
+    p = merge_checkpoint_spec(cfg, spec_to_dict(stored), explicit, "ckpt.pth").postprocess
+    assert (p.refine_iters, p.colour_weight, p.colour_iters) == (7, 6, 2)  # given for this run
+    assert p.mask_thres == [0.5]  # not given: the checkpoint's, which its validation used
+    # a checkpoint written before the postprocess section: its old key names are read, without a warning
+    old_spec = {**spec_to_dict(stored), "model": {**spec_to_dict(stored)["model"], "test_refine_iters": 4},
+                "train": {**spec_to_dict(stored)["train"], "mask_thres": [0.3]}}
+    old_spec.pop("postprocess")
     cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}})
-    assert merge_checkpoint_spec(cfg, spec_to_dict(trained_with), explicit, "c").model.test_refine_iters == 4
+    caplog.clear()
+    p = merge_checkpoint_spec(cfg, old_spec, explicit, "c").postprocess
+    assert (p.refine_iters, p.mask_thres) == (4, [0.3]) and "deprecated" not in caplog.text
+    # the old names in a user's spec still work, with a deprecation warning naming the new key
+    cfg, explicit = parse_spec({"model": {"test_colour_weight": 3.0}}, ["train.mask_thres=[0.4]"])
+    assert (cfg.postprocess.colour_weight, cfg.postprocess.mask_thres) == (3.0, [0.4])
+    assert {"postprocess.colour_weight", "postprocess.mask_thres"} <= explicit
     cfg, explicit = parse_spec({"model": {"arch": "vit-mae-nano/8"}}, ["model.mask_head_num_convs=2"])
     with pytest.raises(SpecError, match="model.mask_head_num_convs=2 conflicts with the checkpoint"):
         merge_checkpoint_spec(cfg, spec_to_dict(stored), explicit, "ckpt.pth")
+
+
+def test_deprecated_key_names_warn_once_naming_the_new_key(caplog):
+    import logging
+
+    from mal_core.config import loader
+
+    loader._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="mal_core.config.loader"):
+        loader.parse_spec({"train": {"test_margin_rate": [0.5, 0.5]}}, ["model.test_refine_iters=3"])
+        loader.parse_spec({"train": {"test_margin_rate": [0.5, 0.5]}})
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs.count("train.test_margin_rate is deprecated (it still works): use postprocess.margin_rate") == 1
+    assert "model.test_refine_iters is deprecated (it still works): use postprocess.refine_iters" in msgs
 
 
 def test_test_time_refinement_pulls_the_mask_onto_the_colour_edge():

@@ -50,11 +50,12 @@ def _check_common(cfg: ExperimentConfig) -> None:
     t = cfg.train
     if len(t.margin_rate) != 2 or t.margin_rate[0] > t.margin_rate[1] or t.margin_rate[0] < 0:
         raise SpecError("train.margin_rate must be [low, high] with 0 <= low <= high", field="train.margin_rate")
-    if not t.test_margin_rate or t.test_margin_rate[0] < 0:
-        raise SpecError("train.test_margin_rate must be a non-empty list of non-negative numbers",
-                        field="train.test_margin_rate")
-    if len(t.mask_thres) not in (1, 3) or not all(0.0 <= v < 1.0 for v in t.mask_thres):
-        raise SpecError("train.mask_thres must hold 1 or 3 values in [0, 1)", field="train.mask_thres")
+    p = cfg.postprocess
+    if not p.margin_rate or p.margin_rate[0] < 0:
+        raise SpecError("postprocess.margin_rate must be a non-empty list of non-negative numbers",
+                        field="postprocess.margin_rate")
+    if len(p.mask_thres) not in (1, 3) or not all(0.0 <= v < 1.0 for v in p.mask_thres):
+        raise SpecError("postprocess.mask_thres must hold 1 or 3 values in [0, 1)", field="postprocess.mask_thres")
     if t.crf_value_low_thres >= t.crf_value_high_thres:
         raise SpecError("train.crf_value_low_thres must be below train.crf_value_high_thres",
                         field="train.crf_value_low_thres")
@@ -96,15 +97,10 @@ def clamp_for_action(cfg: ExperimentConfig, action: str) -> list[str]:
     return warnings
 
 
-#: ``model.*`` keys that only act at test time (named ``test_*``): evaluate / inference may set them on any checkpoint.
-TEST_TIME_MODEL_KEYS: tuple[str, ...] = tuple(name for name in ModelConfig.__dataclass_fields__
-                                              if name.startswith("test_"))
-
 #: Spec keys a trained checkpoint fixes: the architecture (every ``model.*`` key but the EMA momentum, which only
-#: matters while training, and the test-time keys) and the crop size.
+#: matters while training) and the crop size.
 CHECKPOINT_FIXED_KEYS: tuple[str, ...] = tuple(
-    f"model.{name}" for name in ModelConfig.__dataclass_fields__
-    if name != "teacher_momentum" and name not in TEST_TIME_MODEL_KEYS
+    f"model.{name}" for name in ModelConfig.__dataclass_fields__ if name != "teacher_momentum"
 ) + ("dataset.crop_size",)
 
 

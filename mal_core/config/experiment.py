@@ -121,25 +121,6 @@ class ModelConfig:
         0.0, title="Drop-path rate", minimum=0.0, maximum=0.5, automl_enabled=None,
         description="Stochastic-depth rate of the last ViT block (linearly increasing from 0 over the blocks).",
     )
-    test_refine_iters: int = param(
-        0, title="Test-time CRF iterations", minimum=0, maximum=200, automl_enabled=False,
-        automl_reason="a test-time choice",
-        description="Mean-field iterations that refine predicted masks with the image's colour edges at validation "
-        "and labelling time (the training CRF's kernel and bandwidth). 0 = off.",
-    )
-    test_colour_weight: float = param(
-        0.0, title="Test-time colour-model weight", minimum=0.0, maximum=50.0, automl_enabled=False,
-        automl_reason="a test-time choice",
-        description="Weight of each instance's own colour model (object colours from its mask, background colours "
-        "from the crop outside its box) added to the network's logits at validation and labelling time, before "
-        "test_refine_iters. 0 = off.",
-    )
-    test_colour_iters: int = param(
-        3, title="Test-time colour-model rounds", minimum=1, maximum=20, automl_enabled=False,
-        automl_reason="a test-time choice",
-        description="Rounds of re-estimating the object's colour model from the current mask (with "
-        "test_colour_weight > 0).",
-    )
     image_stem_channels: int = param(
         0, title="Image stem channels", minimum=0, maximum=256, automl_enabled=False,
         automl_reason="an architecture choice made with the recipe",
@@ -283,14 +264,6 @@ class TrainConfig:
         [0.0, 1.2], title="Train margin range", automl_enabled=False, automl_reason="a list",
         description="[low, high] of the random per-side box expansion used for training crops.",
     )
-    test_margin_rate: list[float] = param(
-        [0.6, 0.6], title="Test margin", automl_enabled=False, automl_reason="a list",
-        description="Test crops expand each side of the box by test_margin_rate[0]/2 of its half-size.",
-    )
-    mask_thres: list[float] = param(
-        [0.1], title="Mask thresholds", automl_enabled=False, automl_reason="a list",
-        description="Foreground probability threshold: one value, or three for small/medium/large boxes.",
-    )
     loss_mil_weight: float = param(
         4.0, title="MIL loss weight", minimum=0.1, maximum=10.0, automl_enabled=True,
         automl_reason="balances box tightness against the CRF's colour consistency",
@@ -355,6 +328,43 @@ class TrainConfig:
         0.1, title="CRF lower clamp", minimum=0.0, maximum=0.5, automl_enabled=False, parent_param=True,
         automl_reason="mirrors the upper clamp; searched through it",
         description="Lower clamp of the mean-field foreground probability.",
+    )
+
+
+@dataclass
+class PostprocessConfig:
+    """How masks are made from the network's logits, shared by validation, evaluate and inference. A trained
+    checkpoint stores the values it was validated with; evaluate and inference use those unless a key is set
+    for the run."""
+
+    mask_thres: list[float] = param(
+        [0.1], title="Mask thresholds", automl_enabled=False, automl_reason="a list",
+        description="Foreground probability threshold: one value, or three for small/medium/large boxes.",
+    )
+    margin_rate: list[float] = param(
+        [0.6, 0.6], title="Test margin", automl_enabled=False, automl_reason="a list",
+        description="Test crops expand each side of the box by margin_rate[0]/2 of its half-size.",
+    )
+    colour_weight: float = param(
+        0.0, title="Colour-model weight", minimum=0.0, maximum=50.0, automl_enabled=False,
+        automl_reason="a test-time choice",
+        description="Weight of each instance's own colour model (object colours from its mask, background colours "
+        "from the crop outside its box) added to the network's logits, before refine_iters. 0 = off.",
+    )
+    colour_iters: int = param(
+        3, title="Colour-model rounds", minimum=1, maximum=20, automl_enabled=False,
+        automl_reason="a test-time choice",
+        description="Rounds of re-estimating the object's colour model from the current mask (with "
+        "colour_weight > 0).",
+    )
+    refine_iters: int = param(
+        0, title="CRF refinement iterations", minimum=0, maximum=200, automl_enabled=False,
+        automl_reason="a test-time choice",
+        description="Mean-field iterations that refine predicted masks with the image's colour edges (the training "
+        "CRF's kernel and bandwidth, train.crf_kernel_size and train.crf_zeta). 0 = off.",
+    )
+    use_amp: bool = param(
+        True, title="Mixed precision", description="bf16 autocast when labelling on a GPU (ignored on CPU)."
     )
 
 
@@ -574,6 +584,9 @@ class ExperimentConfig:
     dataset: DatasetConfig = section(DatasetConfig, title="Dataset", description="Data paths and crops.")
     model: ModelConfig = section(ModelConfig, title="Model", description="Backbone and heads.")
     train: TrainConfig = section(TrainConfig, title="Train", description="Training settings.")
+    postprocess: PostprocessConfig = section(
+        PostprocessConfig, title="Post-processing",
+        description="Logits to masks, shared by validation, evaluate and inference (stored in the checkpoint).")
     evaluate: EvaluateConfig = section(EvaluateConfig, title="Evaluate", description="Evaluation settings.")
     inference: InferenceConfig = section(InferenceConfig, title="Inference", description="Labelling settings.")
     export: ExportConfig = section(ExportConfig, title="Export", description="ONNX export settings.")
@@ -585,4 +598,12 @@ class ExperimentConfig:
 KEY_ALIASES: dict[str, str] = {
     "model.crop_size": "dataset.crop_size",
     "model.load_mask": "dataset.load_mask",
+    "train.mask_thres": "postprocess.mask_thres",
+    "train.test_margin_rate": "postprocess.margin_rate",
+    "model.test_colour_weight": "postprocess.colour_weight",
+    "model.test_colour_iters": "postprocess.colour_iters",
+    "model.test_refine_iters": "postprocess.refine_iters",
 }
+#: Aliases kept for specs written before the ``postprocess`` section: accepted, with a deprecation warning.
+DEPRECATED_ALIASES: frozenset[str] = frozenset(
+    k for k, v in KEY_ALIASES.items() if v.startswith("postprocess."))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mal_core.config.experiment import KEY_ALIASES, ExperimentConfig
+from mal_core.config.experiment import DEPRECATED_ALIASES, KEY_ALIASES, ExperimentConfig
 from mal_core.errors import SpecError
 
 #: Bounds of a spec document (a spec file, a ``--set`` value, ``--spec-overrides``): nesting depth, values after
@@ -20,6 +21,8 @@ from mal_core.errors import SpecError
 MAX_SPEC_DEPTH = 32
 MAX_SPEC_NODES = 100_000
 MAX_SPEC_BYTES = 4 << 20
+
+log = logging.getLogger(__name__)
 
 
 def check_yaml_bounds(text: str, source: str, field: str) -> None:
@@ -253,11 +256,23 @@ def _conflict(first: str, first_value: Any, second: str, second_value: Any, cano
                      "only one of them", field=canonical)
 
 
-def _apply_aliases(tree: dict[str, Any]) -> None:
+_warned: set[str] = set()
+
+
+def warn_deprecated(key: str) -> None:
+    """Log once per process that ``key`` is a deprecated alias and which key replaces it."""
+    if key in DEPRECATED_ALIASES and key not in _warned:
+        _warned.add(key)
+        log.warning("%s is deprecated (it still works): use %s", key, KEY_ALIASES[key])
+
+
+def _apply_aliases(tree: dict[str, Any], warn: bool = True) -> None:
     for alias, canonical in KEY_ALIASES.items():
         sec, name = alias.split(".")
         node = tree.get(sec)
         if isinstance(node, dict) and name in node:
+            if warn:
+                warn_deprecated(alias)
             value = node.pop(name)
             if _has_dotted(tree, canonical):
                 current = get_dotted(tree, canonical)
@@ -325,6 +340,7 @@ def parse_spec(
     items = list(overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides))
     check_alias_conflicts((k, k, v) for k, v in items)
     for key, value in items:
+        warn_deprecated(key)
         set_dotted(tree, KEY_ALIASES.get(key, key), value)
     explicit: set[str] = set()
     cfg = _build(ExperimentConfig, tree, "", explicit)
@@ -335,6 +351,14 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | Iterable[s
     """Load a YAML spec file (or defaults when ``path`` is None) and apply dotted overrides."""
     data = read_yaml(path) if path is not None else {}
     return parse_spec(data, overrides)[0]
+
+
+def canonical_keys(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a stored spec (e.g. a checkpoint's) with every alias moved to its canonical key, silently: a spec
+    written before a key moved is not the user's to fix."""
+    out = _deep_copy(dict(tree))
+    _apply_aliases(out, warn=False)
+    return out
 
 
 def spec_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

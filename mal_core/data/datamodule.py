@@ -44,9 +44,9 @@ class MALDataModule(pl.LightningDataModule):
                           drop_last=False, **kwargs)
 
     def _test_set(self, coco: CocoDataset, load_mask: bool) -> BoxCropDataset:
-        t = self.cfg.train
-        return BoxCropDataset(coco, self.cfg.dataset.crop_size, train=False, test_margin_rate=t.test_margin_rate,
-                              load_mask=load_mask, gt_crop=self.gt_crop)
+        return BoxCropDataset(coco, self.cfg.dataset.crop_size, train=False,
+                              test_margin_rate=self.cfg.postprocess.margin_rate, load_mask=load_mask,
+                              gt_crop=self.gt_crop)
 
     def train_dataloader(self) -> DataLoader:
         t = self.cfg.train

@@ -30,7 +30,7 @@ def run_evaluate(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) -
                                     coco.categories, test_mode)
     devices = device_settings(e.num_gpus, e.gpu_ids, e.num_nodes, "evaluate")
     results_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(results_dir, devices, use_amp=merged.train.use_amp, loggers=False)
+    trainer = build_trainer(results_dir, devices, use_amp=merged.postprocess.use_amp, loggers=False)
     dm = MALDataModule(merged, val=coco, load_mask=True, batch_size=e.batch_size, gt_crop=e.comp_clustering)
     trainer.validate(module, datamodule=dm, verbose=False)
     metrics = dict(module.last_metrics)

@@ -72,6 +72,7 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         label_on_ray(cfg, explicit_keys or set(), base, todo, key, progress)
     elif todo:
         worker = ShardLabeller(cfg, explicit_keys or set(), base)
+        progress.start()
         for shard in todo:
             progress.finish(shard, worker.label(shard, key))
     progress.close()
@@ -88,6 +89,7 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
     result.details.update(num_input_annotations=num_input, num_shards=len(shards), shards_resumed=len(done),
                           seconds=round(time.time() - t0, 2), labelling_seconds=round(progress.seconds, 2),
+                          startup_seconds=round(progress.startup_seconds, 2),
                           boxes_per_second=progress.rate())
     if inf.load_mask and summary.num_labelled:
         result.metrics = dict(summary.metric.compute())

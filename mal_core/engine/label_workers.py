@@ -106,10 +106,10 @@ class ShardLabeller:
         scored: list[tuple[float, int]] = []
         if coco.instances:
             dataset = BoxCropDataset(coco, cfg.dataset.crop_size, train=False,
-                                     test_margin_rate=cfg.train.test_margin_rate, load_mask=inf.load_mask)
+                                     test_margin_rate=cfg.postprocess.margin_rate, load_mask=inf.load_mask)
             workers = min(cfg.dataset.num_workers_per_gpu, max(len(coco.instances) // inf.batch_size, 0))
             loader = DataLoader(dataset, batch_size=inf.batch_size, num_workers=workers, collate_fn=collate_crops)
-            with torch.inference_mode(), autocast_for(self.device, cfg.train.use_amp):
+            with torch.inference_mode(), autocast_for(self.device, cfg.postprocess.use_amp):
                 for batch in loader:
                     raise_if_stopped()  # a signal swallowed inside the loader (e.g. during a fork) still stops
                     for label in self.labeller.label(to_device(batch, self.device)):
@@ -156,7 +156,10 @@ def label_on_ray(cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDatas
         actor = ray.remote(_RayShardLabeller).options(num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RETRIES,
                                                       max_task_retries=MAX_RETRIES)
         log.info("labelling %d shards on %d Ray workers (%d CPU, %s GPU each)", len(shards), workers, cpus, gpus)
-        pool = ActorPool([actor.remote(cfg, explicit_keys, base, cpus) for _ in range(workers)])
+        actors = [actor.remote(cfg, explicit_keys, base, cpus) for _ in range(workers)]
+        ray.get([a.ready.remote() for a in actors])  # every worker has its network loaded
+        progress.start()
+        pool = ActorPool(actors)
         by_index = {s.index: s for s in shards}
         for index in pool.map_unordered(lambda a, s: a.label.remote(s, key), shards):
             progress.finish(by_index[index])
@@ -172,6 +175,10 @@ class _RayShardLabeller:
         torch.set_num_threads(max(1, cpus))
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.worker = ShardLabeller(cfg, explicit_keys, base, device=device)
+
+    def ready(self) -> bool:
+        """True once the actor is up (its network is loaded in ``__init__``)."""
+        return True
 
     def label(self, shard: Shard, key: str) -> int:
         """Label one shard (its file lands in the job folder); returns its index."""

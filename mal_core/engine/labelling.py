@@ -52,13 +52,14 @@ class TestTimeSettings:
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, test_mode: dict[str, bool] | None = None) -> TestTimeSettings:
-        """The settings of ``cfg`` (model.test_*, train.mask_thres / crf_*) with the network choice of
-        ``test_mode`` (``use_teacher``, ``use_mixed``, ``use_flip``)."""
-        m, t, mode = cfg.model, cfg.train, dict(test_mode or {})
+        """The settings of ``cfg`` (``postprocess.*``; the refinement uses the training CRF's
+        ``train.crf_kernel_size`` / ``crf_zeta``) with the network choice of ``test_mode`` (``use_teacher``,
+        ``use_mixed``, ``use_flip``)."""
+        p, t, mode = cfg.postprocess, cfg.train, dict(test_mode or {})
         return cls(use_teacher=bool(mode.get("use_teacher")), use_mixed=bool(mode.get("use_mixed")),
-                   use_flip=bool(mode.get("use_flip")), mask_thres=tuple(float(v) for v in t.mask_thres),
-                   refine_iters=int(m.test_refine_iters), colour_weight=float(m.test_colour_weight),
-                   colour_iters=int(m.test_colour_iters), crf_kernel_size=int(t.crf_kernel_size),
+                   use_flip=bool(mode.get("use_flip")), mask_thres=tuple(float(v) for v in p.mask_thres),
+                   refine_iters=int(p.refine_iters), colour_weight=float(p.colour_weight),
+                   colour_iters=int(p.colour_iters), crf_kernel_size=int(t.crf_kernel_size),
                    crf_zeta=float(t.crf_zeta))
 
     def network_mode(self) -> dict[str, bool]:

@@ -42,6 +42,7 @@ class Progress:
         self.resumed_boxes = self.boxes_done
         self.report = report
         self.t0 = time.time()
+        self.startup_seconds = 0.0
         self._last_log = 0.0
         self._bar = None
         if _bar_wanted() and self.shards_done < self.total_shards:
@@ -50,6 +51,13 @@ class Progress:
             self._bar = tqdm(total=self.total_boxes, initial=self.boxes_done, unit="box", desc="labelling",
                              dynamic_ncols=True, file=sys.stderr)
         self._emit()
+
+    def start(self) -> None:
+        """The workers are ready (network loaded, Ray started): labelling starts now. The time before is reported
+        as ``startup_seconds``, and boxes/s and the ETA count from here."""
+        now = time.time()
+        self.startup_seconds = now - self.t0
+        self.t0 = now
 
     @property
     def seconds(self) -> float:
@@ -70,7 +78,7 @@ class Progress:
         """The figures the job record shows."""
         return {"shards_done": self.shards_done, "shards_total": self.total_shards, "boxes_done": self.boxes_done,
                 "boxes_total": self.total_boxes, "boxes_per_second": self.rate(), "eta_seconds": self.eta(),
-                "seconds": round(self.seconds, 1)}
+                "seconds": round(self.seconds, 1), "startup_seconds": round(self.startup_seconds, 1)}
 
     def finish(self, shard: _Sized, _outcome: Any = None) -> None:
         """Count one finished shard (a safe point: a pending stop request is raised here)."""

@@ -4,13 +4,14 @@ an explicitly set, conflicting model setting is an error rather than a silent mi
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
 
-from mal_core.config.checks import TEST_TIME_MODEL_KEYS, check_checkpoint_conflicts
-from mal_core.config.experiment import ExperimentConfig
-from mal_core.config.loader import parse_spec, spec_to_dict
+from mal_core.config.checks import check_checkpoint_conflicts
+from mal_core.config.experiment import ExperimentConfig, PostprocessConfig
+from mal_core.config.loader import canonical_keys, parse_spec, spec_to_dict
 from mal_core.engine.checkpoints import load_mal_checkpoint
 from mal_core.engine.module import MALModule
 from mal_core.errors import CheckpointError
@@ -19,16 +20,20 @@ from mal_core.model.build import build_network
 
 def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explicit: set[str],
                           source: str) -> ExperimentConfig:
-    """``cfg`` with model settings and crop size taken from the checkpoint's spec ``stored`` (test-time model keys
-    set explicitly for this run are kept)."""
+    """``cfg`` with the model settings, crop size and post-processing taken from the checkpoint's spec ``stored``
+    (post-processing keys set explicitly for this run are kept; a checkpoint written before the ``postprocess``
+    section has them under their old names, which are read as their new ones)."""
+    stored = canonical_keys(stored)
     stored_cfg, _ = parse_spec({"model": stored.get("model", {}),
-                                "dataset": {"crop_size": stored.get("dataset", {}).get("crop_size", 512)}})
+                                "dataset": {"crop_size": stored.get("dataset", {}).get("crop_size", 512)},
+                                "postprocess": stored.get("postprocess", {})})
     check_checkpoint_conflicts(spec_to_dict(cfg), explicit, spec_to_dict(stored_cfg), source)
     merged = copy.deepcopy(cfg)
     merged.model = copy.deepcopy(stored_cfg.model)
-    for name in TEST_TIME_MODEL_KEYS:  # test-time settings given for this run win over the checkpoint's
-        if f"model.{name}" in explicit:
-            setattr(merged.model, name, getattr(cfg.model, name))
+    merged.postprocess = copy.deepcopy(stored_cfg.postprocess)
+    for f in dataclasses.fields(PostprocessConfig):  # given for this run: wins over the checkpoint's
+        if f"postprocess.{f.name}" in explicit:
+            setattr(merged.postprocess, f.name, getattr(cfg.postprocess, f.name))
     merged.dataset.crop_size = stored_cfg.dataset.crop_size
     return merged
 

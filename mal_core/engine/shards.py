@@ -65,8 +65,8 @@ def resume_key(cfg: ExperimentConfig) -> str:
     tree = spec_to_dict(cfg)
     inf = {k: v for k, v in tree["inference"].items() if k not in OPERATIONAL_KEYS}
     ident = {"format": SHARD_FORMAT, "inference": inf, "model": tree["model"], "dataset": tree["dataset"],
-             "train": {k: tree["train"][k] for k in ("mask_thres", "test_margin_rate", "crf_kernel_size",
-                                                    "crf_zeta", "use_amp")},
+             "postprocess": tree["postprocess"], "train": {k: tree["train"][k] for k in ("crf_kernel_size",
+                                                                                        "crf_zeta")},
              "img_dir": os.path.realpath(cfg.inference.img_dir),
              "ann": file_digest(cfg.inference.ann_path), "checkpoint": file_digest(cfg.inference.checkpoint)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
