@@ -29,7 +29,7 @@ def _run(capsys: pytest.CaptureFixture[str], action: str, argv: list[str]) -> tu
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A tiny trained job and a labelling set of 24 images."""
+    """A tiny trained job and a labelling set of 16 images."""
     from mal_core.data.synthetic import generate_synthetic_dataset
 
     tmp = tmp_path_factory.mktemp("shards")
@@ -38,7 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rc = main("train", ["--jobs-root", str(tmp / "jobs"), "--automl-policy", "off", "--job-id", "t1",
                         "--spec-overrides", json.dumps({**TINY_OVERRIDES, **data, "train.num_epochs": 1})])
     assert rc == 0
-    label = generate_synthetic_dataset(tmp / "label", num_train_images=1, num_val_images=24, image_size=96, seed=3)
+    label = generate_synthetic_dataset(tmp / "label", num_train_images=1, num_val_images=16, image_size=96, seed=3)
     return {"jobs": tmp / "jobs", "ann": str(label.val_ann_path), "img": str(label.val_img_dir), "tmp": tmp}
 
 
@@ -78,10 +78,10 @@ def test_shards_progress_and_one_shard_give_the_same_labels(trained: dict[str, A
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     rec = read_job(trained["jobs"] / "ref")
-    assert rec["progress"]["shards_done"] == rec["progress"]["shards_total"] == 24
+    assert rec["progress"]["shards_done"] == rec["progress"]["shards_total"] == 16
     assert rec["progress"]["boxes_done"] == rec["progress"]["boxes_total"] == len(reference)
     shards = sorted((trained["jobs"] / "ref" / "shards").glob("labels_*.jsonl"))
-    assert len(shards) == 24 and not list((trained["jobs"] / "ref" / "shards").glob(".*.tmp"))
+    assert len(shards) == 16 and not list((trained["jobs"] / "ref" / "shards").glob(".*.tmp"))
     rc, out = _run(capsys, "inference", _argv(trained, "one", "--set", "inference.shard_size=1000"))
     assert rc == 0, out["error"]
     one = _labels(out["artifacts"]["label_dump"])
@@ -122,7 +122,7 @@ def test_a_stopped_run_resumes_only_unfinished_shards(trained: dict[str, Any], r
         assert proc.returncode == -signal.SIGKILL
     assert not (job / "inference.json").exists()  # nothing that looks finished
     done = {p.name: p.stat().st_mtime_ns for p in (job / "shards").glob("labels_*.jsonl")}
-    assert 2 <= len(done) < 24
+    assert 2 <= len(done) < 16
     rc, out = _run(capsys, "inference", _argv(trained, job.name))
     assert rc == 0, out["error"]
     rec = read_job(job)
@@ -165,8 +165,9 @@ def test_ray_workers_survive_a_killed_worker_and_upload_to_s3(trained: dict[str,
     assert body == local.read_bytes()
 
 
-def test_per_shard_metrics_equal_evaluate(trained: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    """mIoU summed from 24 shard files equals evaluate's one pass over the same boxes."""
+def test_per_shard_metrics_equal_evaluate(trained: dict[str, Any], reference: list[dict[str, Any]],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """mIoU summed from 16 shard files equals evaluate's one pass over the same boxes."""
     rc, inf = _run(capsys, "inference", _argv(trained, "scored", "--set", "inference.load_mask=true",
                                               "--set", "inference.review_page=false"))
     assert rc == 0, inf["error"]
@@ -174,6 +175,6 @@ def test_per_shard_metrics_equal_evaluate(trained: dict[str, Any], capsys: pytes
                                        "--job-id", "ev", "--set", f"dataset.val_ann_path={trained['ann']}",
                                        "--set", f"dataset.val_img_dir={trained['img']}"])
     assert rc == 0, ev["error"]
-    assert inf["metrics"]["num_instances"] == ev["metrics"]["num_instances"] == 66
+    assert inf["metrics"]["num_instances"] == ev["metrics"]["num_instances"] == len(reference)
     for key in ("mIoU", "mIoU_instance", "mIoU_small", "mIoU_medium"):
         assert inf["metrics"][key] == pytest.approx(ev["metrics"][key], abs=1e-6), key

@@ -27,7 +27,31 @@ def _train(tmp: Path, data: dict[str, str], epochs: int) -> subprocess.Popen:
                             env={**os.environ, "MAL_PROGRESS_BAR": "0"})
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigint_and_sigterm_become_interrupted_with_128_plus_the_signal() -> None:
+    from mal_core.utils.stop import Interrupted, catch_stop_signals, deferred_stop, restore_signals, stop_requested
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = catch_stop_signals()
+        try:
+            with pytest.raises(Interrupted) as err:
+                os.kill(os.getpid(), signum)
+                time.sleep(1)  # the handler runs at the next bytecode
+            assert err.value.exit_code == 128 + signum
+            assert signal.Signals(signum).name in err.value.to_dict()["message"]
+        finally:
+            restore_signals(previous)
+    previous = catch_stop_signals()
+    try:
+        with deferred_stop():  # inside training: recorded only, the checkpoint callback raises it
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            assert stop_requested() == signal.SIGTERM
+    finally:
+        restore_signals(previous)
+    assert stop_requested() is None and signal.getsignal(signal.SIGTERM) == previous[signal.SIGTERM]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_a_signal_during_training_saves_a_checkpoint_and_a_rerun_resumes(tmp_path: Path, signum: int) -> None:
     data = tiny_dataset(tmp_path / "data")
     proc = _train(tmp_path, data, 40)
