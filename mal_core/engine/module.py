@@ -25,7 +25,7 @@ from mal_core.engine.schedule import lr_at, scaled_lr
 from mal_core.engine.seeding import seed_rank_streams
 from mal_core.losses.objective import mal_objective
 from mal_core.model.build import build_network
-from mal_core.utils.io import drop_history_from_epoch, json_safe
+from mal_core.utils.io import append_text, drop_history_from_epoch, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,7 @@ class MALModule(pl.LightningModule):
                 self.log(f"val/{key}", value, prog_bar=key == "mIoU", sync_dist=False)  # already reduced
         if self.history_path is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             record = {"epoch": int(self.current_epoch), "step": int(self.global_step), **self.last_metrics}
-            self.history_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.history_path, "a") as fh:
-                fh.write(json.dumps(json_safe(record)) + "\n")
+            append_text(self.history_path, json.dumps(json_safe(record)) + "\n")  # never through a planted link
 
     # ----- checkpoints --------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.data.coco import CocoDataset, Instance, is_crowd
 from mal_core.utils.io import atomic_write, atomic_write_json
+from mal_core.utils.safe_paths import check_guarded
 
 __all__ = ["SHARDS_DIR", "Shard", "assemble", "read_labels_header", "resume_key", "write_plan"]
 HEADER_FILE = "header.json"
@@ -90,9 +91,11 @@ def shard_paths(folder: Path, index: int) -> tuple[Path, Path]:
 def write_plan(coco: CocoDataset, folder: Path, shard_size: int) -> list[Shard]:
     """Split ``coco``'s annotated images into shards of ``shard_size`` images (file order), write each shard's input
     file and the header; returns the shards. ``coco.raw`` is not needed afterwards."""
+    check_guarded(folder)  # a link planted at the shards folder is refused before anything is made or removed
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.tmp"):  # temp files of a killed run (never a complete-looking file)
-        stale.unlink()
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
     header = {k: (None if k == "annotations" else v) for k, v in coco.raw.items()}  # keeps the key order
     atomic_write_json(folder / HEADER_FILE, header, indent=None)
     by_image: dict[Any, list[tuple[int, dict[str, Any]]]] = {}
