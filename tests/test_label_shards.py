@@ -126,6 +126,10 @@ def test_a_stopped_run_resumes_only_unfinished_shards(trained: dict[str, Any], r
     rc, out = _run(capsys, "inference", _argv(trained, job.name))
     assert rc == 0, out["error"]
     rec = read_job(job)
+    totals = out["artifacts"]["labelling"]  # in the JSON line and the record alike
+    assert rec["artifacts"]["labelling"] == totals
+    assert totals["shards"] == 16 and totals["shards_resumed"] == len(done)
+    assert totals["boxes_labelled_now"] < totals["boxes"] == len(reference)
     assert rec["previous_attempts"][-1]["status"] == "interrupted"
     assert rec["previous_attempts"][-1]["continued"] == ["shards"]
     assert {p.name: p.stat().st_mtime_ns for p in (job / "shards").glob("labels_*.jsonl") if p.name in done} == done

@@ -77,3 +77,28 @@ def test_a_signal_during_training_saves_a_checkpoint_and_a_rerun_resumes(tmp_pat
     assert proc.returncode == 0, res["error"]
     assert res["artifacts"]["resumed_from"] == str(saved[0].resolve())
     assert read_job(tmp_path / "jobs" / "t1")["previous_attempts"][-1]["status"] == "interrupted"
+
+
+def test_a_stop_surfacing_outside_the_batch_hooks_still_saves_a_checkpoint(tmp_path: Path) -> None:
+    """Lightning raises its own SIGTERM exit at an epoch boundary, where no batch hook of ours runs: the checkpoint
+    callback's exception hook saves the resumable checkpoint there, and only when a stop was requested."""
+    from types import SimpleNamespace
+
+    from mal_core.engine.checkpoints import MALCheckpoint
+    from mal_core.utils import stop
+
+    saved: list[int] = []
+    cb = MALCheckpoint(tmp_path, 1000)
+    cb.save_now = lambda trainer: saved.append(trainer.global_step)  # type: ignore[method-assign]
+    trainer = SimpleNamespace(sanity_checking=False, global_step=7)
+    cb.on_exception(trainer, None, RuntimeError("not a stop"))
+    assert saved == []
+    previous = stop.catch_stop_signals()
+    try:
+        with stop.deferred_stop():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            cb.on_exception(trainer, None, SystemExit())
+    finally:
+        stop.restore_signals(previous)
+    assert saved == [7]

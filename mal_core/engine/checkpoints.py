@@ -51,6 +51,12 @@ class MALCheckpoint(ModelCheckpoint):
         """After SIGTERM/SIGINT during a validation: a resumable checkpoint of the last step, then the stop."""
         self._stop_if_requested(trainer)
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """A stop that surfaced elsewhere (Lightning's own SIGTERM exit at an epoch boundary): save the resumable
+        checkpoint here (nothing is written twice for one step)."""
+        if stop_requested() is not None and not trainer.sanity_checking:
+            self.save_now(trainer)
+
     def _stop_if_requested(self, trainer: Any) -> None:
         if stop_requested() is None or trainer.sanity_checking:
             return

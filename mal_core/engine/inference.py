@@ -84,13 +84,14 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     out_path = results_dir / inf.label_dump_path
     paths = [s.labels_path for s in shards]
     assemble(folder, paths, out_path)
+    totals = {"shards": len(shards), "shards_resumed": len(done), "boxes": progress.total_boxes,
+              "boxes_labelled_now": progress.boxes_done - progress.resumed_boxes,
+              "boxes_per_second": progress.rate(), "startup_seconds": round(progress.startup_seconds, 2),
+              "labelling_seconds": round(progress.seconds, 2), "seconds": round(time.time() - t0, 2)}
     artifacts: dict[str, Any] = {"label_dump": str(out_path), "checkpoint": str(inf.checkpoint),
-                                 "num_labelled": summary.num_labelled, "shards": str(folder)}
+                                 "num_labelled": summary.num_labelled, "shards": str(folder), "labelling": totals}
     result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
-    result.details.update(num_input_annotations=num_input, num_shards=len(shards), shards_resumed=len(done),
-                          seconds=round(time.time() - t0, 2), labelling_seconds=round(progress.seconds, 2),
-                          startup_seconds=round(progress.startup_seconds, 2),
-                          boxes_per_second=progress.rate())
+    result.details.update(num_input_annotations=num_input, **totals)
     if inf.load_mask and summary.num_labelled:
         result.metrics = dict(summary.metric.compute())
     _write_review(cfg, base, folder, paths, {pos for _score, pos in summary.lowest}, results_dir, artifacts)
