@@ -39,7 +39,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                         "--spec-overrides", json.dumps({**TINY_OVERRIDES, **data, "train.num_epochs": 1})])
     assert rc == 0
     label = generate_synthetic_dataset(tmp / "label", num_train_images=1, num_val_images=16, image_size=96, seed=3)
-    return {"jobs": tmp / "jobs", "ann": str(label.val_ann_path), "img": str(label.val_img_dir), "tmp": tmp}
+    return {"jobs": tmp / "jobs", "ann": str(label.val_ann_path), "img": str(label.val_img_dir), "tmp": tmp,
+            "val_ann": data["dataset.val_ann_path"], "val_img": data["dataset.val_img_dir"]}
 
 
 def _argv(t: dict[str, Any], job_id: str, *extra: str) -> list[str]:
@@ -169,16 +170,23 @@ def test_ray_workers_survive_a_killed_worker_and_upload_to_s3(trained: dict[str,
     assert body == local.read_bytes()
 
 
-def test_per_shard_metrics_equal_evaluate(trained: dict[str, Any], reference: list[dict[str, Any]],
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """mIoU summed from 16 shard files equals evaluate's one pass over the same boxes."""
-    rc, inf = _run(capsys, "inference", _argv(trained, "scored", "--set", "inference.load_mask=true",
-                                              "--set", "inference.review_page=false"))
-    assert rc == 0, inf["error"]
+def test_per_shard_metrics_equal_training_validation(trained: dict[str, Any], reference: list[dict[str, Any]],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """evaluate (shards, metrics summed per shard file) gives the numbers training's Lightning validation loop
+    recorded for the same checkpoint and validation set; inference with GT masks gives the same mIoU too."""
+    history = [json.loads(line) for line in (trained["jobs"] / "t1" / "validation_history.jsonl").read_text()
+               .splitlines()]
+    val = ["--set", f"dataset.val_ann_path={trained['val_ann']}", "--set", f"dataset.val_img_dir={trained['val_img']}"]
     rc, ev = _run(capsys, "evaluate", ["--jobs-root", str(trained["jobs"]), "--parent-job-id", "t1",
-                                       "--job-id", "ev", "--set", f"dataset.val_ann_path={trained['ann']}",
-                                       "--set", f"dataset.val_img_dir={trained['img']}"])
+                                       "--job-id", "ev", "--set", "evaluate.shard_size=1", *val])
     assert rc == 0, ev["error"]
-    assert inf["metrics"]["num_instances"] == ev["metrics"]["num_instances"] == len(reference)
-    for key in ("mIoU", "mIoU_instance", "mIoU_small", "mIoU_medium"):
-        assert inf["metrics"][key] == pytest.approx(ev["metrics"][key], abs=1e-6), key
+    assert ev["artifacts"]["labelling"]["shards"] > 1
+    for key in ("mIoU", "mIoU_instance", "mIoU_small", "mIoU_medium", "num_instances", "mIoU_box_fill",
+                "mask_box_fill"):
+        assert ev["metrics"][key] == pytest.approx(history[-1][key], abs=1e-6), key
+    rc, inf = _run(capsys, "inference", ["--jobs-root", str(trained["jobs"]), "--parent-job-id", "t1",
+                                         "--job-id", "scored", "--set", f"inference.ann_path={trained['val_ann']}",
+                                         "--set", f"inference.img_dir={trained['val_img']}",
+                                         "--set", "inference.load_mask=true", "--set", "inference.review_page=false"])
+    assert rc == 0, inf["error"]
+    assert inf["metrics"]["mIoU"] == pytest.approx(history[-1]["mIoU"], abs=1e-6)

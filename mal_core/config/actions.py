@@ -168,6 +168,8 @@ ACTIONS: dict[str, ActionDecl] = {
         spec_params={**_OUTPUT_DIR, "evaluate.checkpoint": "parent_model"},
         parents=("train", "export"), parent_key="evaluate.checkpoint", parent_fixes_model=True,
         preflight="mal_core.skill.preflight:read_eval_data",
+        resume_key="mal_core.engine.evaluation_spec:evaluate_resume_key", keeps_on_rerun=(SHARDS_DIR,),
+        reports_progress=True,
     ),
     "inference": ActionDecl(
         name="inference", section="inference", entry="mal_core.engine.inference:run_inference",

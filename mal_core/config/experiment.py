@@ -397,6 +397,11 @@ class EvaluateConfig:
     use_flip_test: bool = param(
         False, title="Flip test", description="Average logits of the crop and its horizontal flip."
     )
+    shard_size: int = param(
+        64, title="Images per shard", minimum=1, maximum=1000000,
+        description="Evaluation labels the boxes shard by shard like inference (each finished shard saved, metrics "
+        "summed per shard), so a re-run after a kill scores only the unfinished shards.",
+    )
 
 
 @dataclass

@@ -18,6 +18,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from mal_core.engine.progress import Progress
 from mal_core.engine.result import EngineResult
 from mal_core.engine.shards import (
     SHARDS_DIR,
+    Shard,
     assemble,
     merged_records,
     read_labels_header,
@@ -45,16 +47,30 @@ log = logging.getLogger(__name__)
 ProgressReport = Callable[[dict[str, Any]], None]
 
 
-def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
-                  report: ProgressReport | None = None) -> EngineResult:
-    """Label ``inference.ann_path`` with ``inference.checkpoint``; returns output paths, counts, timing and (with GT
-    masks) the labels' mIoU. ``report`` receives the progress after each shard."""
+@dataclass
+class LabelledSet:
+    """A dataset labelled shard by shard: its shards (files in ``folder``), what their headers add up to, and the
+    counts and timing of this attempt."""
+
+    shards: list[Shard]
+    folder: Path
+    base: CocoDataset
+    summary: LabelSummary
+    totals: dict[str, Any]
+    num_input: int
+
+
+def label_dataset(cfg: ExperimentConfig, explicit_keys: set[str], results_dir: Path,
+                  report: ProgressReport | None = None,
+                  checkpoint_field: str = "inference.checkpoint") -> LabelledSet:
+    """Label every box of ``inference.ann_path`` shard by shard into ``results_dir/shards`` (shards an earlier
+    attempt finished with the same resume key are kept), in this process or on Ray workers; the one labelling
+    path of inference and evaluate."""
     t0 = time.time()
     inf = cfg.inference
     if inf.num_workers == 0 and (inf.num_gpus > 1 or inf.num_nodes > 1):
-        log.warning("inference.num_gpus=%d / num_nodes=%d: labelling in this process uses one device; set "
+        log.warning("num_gpus=%d / num_nodes=%d: labelling in this process uses one device; set "
                     "inference.num_workers to label on several GPUs or machines (Ray)", inf.num_gpus, inf.num_nodes)
-    results_dir = Path(ACTIONS["inference"].results_dir(cfg))
     coco = load_eval_coco(inf.ann_path, inf.img_dir, load_mask=inf.load_mask)
     key = resume_key(cfg)
     folder = results_dir / SHARDS_DIR
@@ -69,9 +85,9 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         log.info("resuming: %d of %d shards (%d boxes) already labelled by an earlier attempt", len(done),
                  len(shards), progress.boxes_done)
     if todo and inf.num_workers > 0:
-        label_on_ray(cfg, explicit_keys or set(), base, todo, key, progress)
+        label_on_ray(cfg, explicit_keys, base, todo, key, progress, checkpoint_field)
     elif todo:
-        worker = ShardLabeller(cfg, explicit_keys or set(), base)
+        worker = ShardLabeller(cfg, explicit_keys, base, checkpoint_field=checkpoint_field)
         progress.start()
         for shard in todo:
             progress.finish(shard, worker.label(shard, key))
@@ -81,20 +97,32 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         summary.add(shard, read_labels_header(shard.labels_path, key))
     if summary.missing:
         raise RuntimeError(f"shards {summary.missing[:10]} have no complete labels file after labelling")
-    out_path = results_dir / inf.label_dump_path
-    paths = [s.labels_path for s in shards]
-    assemble(folder, paths, out_path)
     totals = {"shards": len(shards), "shards_resumed": len(done), "boxes": progress.total_boxes,
               "boxes_labelled_now": progress.boxes_done - progress.resumed_boxes,
               "boxes_per_second": progress.rate(), "startup_seconds": round(progress.startup_seconds, 2),
               "labelling_seconds": round(progress.seconds, 2), "seconds": round(time.time() - t0, 2)}
+    return LabelledSet(shards, folder, base, summary, totals, num_input)
+
+
+def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
+                  report: ProgressReport | None = None) -> EngineResult:
+    """Label ``inference.ann_path`` with ``inference.checkpoint``; returns output paths, counts, timing and (with GT
+    masks) the labels' mIoU. ``report`` receives the progress after each shard."""
+    inf = cfg.inference
+    results_dir = Path(ACTIONS["inference"].results_dir(cfg))
+    done = label_dataset(cfg, explicit_keys or set(), results_dir, report)
+    summary, folder = done.summary, done.folder
+    out_path = results_dir / inf.label_dump_path
+    paths = [s.labels_path for s in done.shards]
+    assemble(folder, paths, out_path)
     artifacts: dict[str, Any] = {"label_dump": str(out_path), "checkpoint": str(inf.checkpoint),
-                                 "num_labelled": summary.num_labelled, "shards": str(folder), "labelling": totals}
+                                 "num_labelled": summary.num_labelled, "shards": str(folder),
+                                 "labelling": done.totals}
     result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
-    result.details.update(num_input_annotations=num_input, **totals)
+    result.details.update(num_input_annotations=done.num_input, **done.totals)
     if inf.load_mask and summary.num_labelled:
         result.metrics = dict(summary.metric.compute())
-    _write_review(cfg, base, folder, paths, {pos for _score, pos in summary.lowest}, results_dir, artifacts)
+    _write_review(cfg, done.base, folder, paths, {pos for _score, pos in summary.lowest}, results_dir, artifacts)
     if inf.output_uri:
         from mal_core.engine.upload import upload_file
 
@@ -109,6 +137,8 @@ class LabelSummary:
 
     def __init__(self, num_categories: int, keep: int) -> None:
         self.metric = MaskMIoU(num_categories, sync_on_compute=False)
+        self.box_metric = MaskMIoU(num_categories, sync_on_compute=False)  # the box-fill baseline, same boxes
+        self.fill_sum, self.fill_count = 0.0, 0
         self.keep = keep
         self.num_labelled = 0
         self.lowest: list[tuple[float, int]] = []
@@ -120,9 +150,20 @@ class LabelSummary:
             self.missing.append(shard.index)
             return
         self.num_labelled += int(head["num_labelled"])
-        if head.get("metric"):
-            self.metric.add_sums(torch.tensor(head["metric"]["iou_sum"]), torch.tensor(head["metric"]["count"]))
+        for metric, name in ((self.metric, "metric"), (self.box_metric, "box_metric")):
+            if head.get(name):
+                metric.add_sums(torch.tensor(head[name]["iou_sum"]), torch.tensor(head[name]["count"]))
+        fill_sum, fill_count = head.get("fill") or (0.0, 0)
+        self.fill_sum, self.fill_count = self.fill_sum + float(fill_sum), self.fill_count + int(fill_count)
         self.lowest = heapq.nsmallest(self.keep, [*self.lowest, *(tuple(x) for x in head.get("lowest", []))])
+
+    def validation_metrics(self) -> dict[str, float]:
+        """mIoU (+ size buckets, instance mean, count) with the box-fill baseline and the mean fraction of its box
+        each mask fills: the keys training's validation reports, for the same collapse checks."""
+        out = {k: float(v) for k, v in self.metric.compute().items()}
+        out["mIoU_box_fill"] = float(self.box_metric.compute()["mIoU"])
+        out["mask_box_fill"] = self.fill_sum / self.fill_count if self.fill_count else float("nan")
+        return out
 
 
 def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths: list[Path], lowest: set[int],

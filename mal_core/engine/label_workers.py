@@ -55,11 +55,14 @@ class ShardOutcome:
 
     num_labelled: int
     metric: dict[str, list[float]] | None = None
+    box_metric: dict[str, list[float]] | None = None
+    fill: tuple[float, int] = (0.0, 0)
     lowest: list[tuple[float, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The JSON form stored in the shard file's header."""
-        return {"num_labelled": self.num_labelled, "metric": self.metric, "lowest": self.lowest}
+        return {"num_labelled": self.num_labelled, "metric": self.metric, "box_metric": self.box_metric,
+                "fill": list(self.fill), "lowest": self.lowest}
 
 
 def lowest_scores(labels: list[tuple[float, int]], keep: int) -> list[tuple[float, int]]:
@@ -88,9 +91,9 @@ class ShardLabeller:
     """Loads the network of ``inference.checkpoint`` once and labels shards with the labelling core."""
 
     def __init__(self, cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDataset,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, checkpoint_field: str = "inference.checkpoint") -> None:
         inf = cfg.inference
-        network, merged, _categories = restore_network(cfg, inf.checkpoint, "inference.checkpoint", explicit_keys)
+        network, merged, _categories = restore_network(cfg, inf.checkpoint, checkpoint_field, explicit_keys)
         self.device = device or label_device(cfg)
         self.cfg, self.base = merged, base
         mode = {"use_teacher": inf.use_teacher_test, "use_mixed": inf.use_mixed_model_test,
@@ -103,6 +106,8 @@ class ShardLabeller:
         coco, positions = read_shard(shard.input_path, self.base)
         records = [(positions[a["id"]], a) for a in passthrough(coco)]
         ious: list[tuple[float, int, float]] = []
+        box_ious: list[tuple[float, int, float]] = []
+        fills: list[float] = []
         scored: list[tuple[float, int]] = []
         if coco.instances:
             dataset = BoxCropDataset(coco, cfg.dataset.crop_size, train=False,
@@ -118,10 +123,14 @@ class ShardLabeller:
                         pos = positions[inst.ann_id]
                         records.append((pos, ann))
                         scored.append((ann["score"], pos))
-                        if label.iou is not None:
+                        if label.iou is not None and label.box_iou is not None and label.fill is not None:
                             ious.append((label.iou, inst.category_index, inst.box_area))
+                            box_ious.append((label.box_iou, inst.category_index, inst.box_area))
+                            fills.append(label.fill)
         outcome = ShardOutcome(num_labelled=len(coco.instances),
                                metric=shard_metric(coco.num_categories, ious) if inf.load_mask else None,
+                               box_metric=shard_metric(coco.num_categories, box_ious) if inf.load_mask else None,
+                               fill=(float(sum(fills)), len(fills)),
                                lowest=lowest_scores(scored, inf.max_review_items))
         write_labels(shard.labels_path, key, shard.index, records, outcome.summary())
         return outcome
@@ -134,7 +143,7 @@ def _ray_env() -> dict[str, Any]:
 
 
 def label_on_ray(cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDataset, shards: list[Shard], key: str,
-                 progress: Progress) -> None:
+                 progress: Progress, checkpoint_field: str = "inference.checkpoint") -> None:
     """Label ``shards`` with ``inference.num_workers`` Ray actors; returns when every shard has its file."""
     import ray
     from ray.util import ActorPool
@@ -156,7 +165,7 @@ def label_on_ray(cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDatas
         actor = ray.remote(_RayShardLabeller).options(num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RETRIES,
                                                       max_task_retries=MAX_RETRIES)
         log.info("labelling %d shards on %d Ray workers (%d CPU, %s GPU each)", len(shards), workers, cpus, gpus)
-        actors = [actor.remote(cfg, explicit_keys, base, cpus) for _ in range(workers)]
+        actors = [actor.remote(cfg, explicit_keys, base, cpus, checkpoint_field) for _ in range(workers)]
         ray.get([a.ready.remote() for a in actors])  # every worker has its network loaded
         progress.start()
         pool = ActorPool(actors)
@@ -171,10 +180,11 @@ def label_on_ray(cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDatas
 class _RayShardLabeller:
     """The body of a Ray labelling actor: a :class:`ShardLabeller` with the CPU threads Ray gave it."""
 
-    def __init__(self, cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDataset, cpus: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDataset, cpus: int,
+                 checkpoint_field: str) -> None:
         torch.set_num_threads(max(1, cpus))
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        self.worker = ShardLabeller(cfg, explicit_keys, base, device=device)
+        self.worker = ShardLabeller(cfg, explicit_keys, base, device=device, checkpoint_field=checkpoint_field)
 
     def ready(self) -> bool:
         """True once the actor is up (its network is loaded in ``__init__``)."""

@@ -18,7 +18,7 @@ import torch
 
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.engine.colour_model import colour_agreement, colour_refine
-from mal_core.engine.postprocess import PastedMask, paste_masks, region_iou
+from mal_core.engine.postprocess import PastedMask, box_fill, paste_masks, region_iou
 from mal_core.engine.quality import QUALITY_REFINE_ITERS, confidence_margin, mask_agreement, quality_score
 from mal_core.losses.crf import mean_field_refine
 from mal_core.losses.mil import resize_to
@@ -76,6 +76,8 @@ class BoxLabel:
     score: float
     quality: dict[str, float] = field(default_factory=dict)
     iou: float | None = None
+    box_iou: float | None = None  # with a GT mask: the box itself as the mask (the box-fill baseline)
+    fill: float | None = None  # with a GT mask: the fraction of its box the mask covers (collapse checks)
 
 
 class Labeller:
@@ -150,11 +152,16 @@ class Labeller:
         terms_host = {k: v.float().cpu() for k, v in terms.items()}
         out = []
         for i, p in enumerate(pasted):
-            iou = region_iou(p, batch["gt_region"][i], int(batch["gt_area"][i])) if "gt_region" in batch else None
             host = PastedMask(p.region, p.mask.cpu(), p.score)
-            out.append(BoxLabel(index=int(batch["index"][i]), mask=host,
-                                score=float(scores[i]) if bool(p.mask.any()) else 0.0,
-                                quality={k: round(float(v[i]), 4) for k, v in terms_host.items()}, iou=iou))
+            label = BoxLabel(index=int(batch["index"][i]), mask=host,
+                             score=float(scores[i]) if bool(p.mask.any()) else 0.0,
+                             quality={k: round(float(v[i]), 4) for k, v in terms_host.items()})
+            if "gt_region" in batch:
+                gt, area = batch["gt_region"][i], int(batch["gt_area"][i])
+                box = box_fill(p, batch["box"][i])
+                label.iou, label.box_iou = region_iou(p, gt, area), region_iou(box, gt, area)
+                label.fill = float(p.mask.sum()) / max(float(box.mask.sum()), 1.0)
+            out.append(label)
         return out
 
 
