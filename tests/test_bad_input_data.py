@@ -553,7 +553,8 @@ def test_crowd_regions_not_scored_and_passed_through(trained: dict[str, Any], tm
     crowd = json.loads(json.dumps(plain))
     region = {"id": 999, "image_id": plain["images"][0]["id"], "category_id": plain["categories"][0]["id"],
               "bbox": [0, 0, 96, 96], "area": 9216, "iscrowd": 1, "segmentation": {"size": [96, 96], "counts": [9216]}}
-    crowd["annotations"].append(region)
+    orphan = {**region, "id": 1000, "image_id": 424242}  # a crowd region of an image the file does not list
+    crowd["annotations"] += [region, orphan]
     (tmp_path / "crowd.json").write_text(json.dumps(crowd))
     base = ["--jobs-root", str(tmp_path / "jobs"), "--set", f"dataset.val_img_dir={data['dataset.val_img_dir']}",
             "--set", f"evaluate.checkpoint={ckpt}"]
@@ -570,5 +571,5 @@ def test_crowd_regions_not_scored_and_passed_through(trained: dict[str, Any], tm
     assert inf["artifacts"]["num_labelled"] == len(plain["annotations"])
     labelled = json.loads(Path(inf["artifacts"]["label_dump"]).read_text())["annotations"]
     assert [a["id"] for a in labelled] == [a["id"] for a in crowd["annotations"]]  # nothing lost, order kept
-    assert labelled[-1] == region  # copied unchanged, not labelled
-    assert all("score" in a and isinstance(a["segmentation"]["counts"], str) for a in labelled[:-1])
+    assert labelled[-2:] == [region, orphan]  # copied unchanged, not labelled
+    assert all("score" in a and isinstance(a["segmentation"]["counts"], str) for a in labelled[:-2])

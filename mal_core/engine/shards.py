@@ -106,13 +106,16 @@ def write_plan(coco: CocoDataset, folder: Path, shard_size: int) -> list[Shard]:
         instances.setdefault(inst.image_id, []).append(inst)
     image_ids = [img["id"] for img in coco.raw["images"] if img["id"] in by_image]
     images = {img["id"]: img for img in coco.raw["images"]}
+    # crowd regions of an image the file does not list are never labelled: they pass through with the first shard
+    orphans = [pa for image_id, anns in by_image.items() if image_id not in images for pa in anns]
     shards = []
-    for index, start in enumerate(range(0, len(image_ids), shard_size)):
+    for index, start in enumerate(range(0, max(len(image_ids), 1 if orphans else 0), shard_size)):
         ids = image_ids[start:start + shard_size]
         insts = [i for image_id in ids for i in instances.get(image_id, [])]
+        anns = [[pos, ann] for i in ids for pos, ann in by_image[i]] + ([list(pa) for pa in orphans] if index == 0
+                                                                        else [])
         body = {"shard": index, "images": [images[i] for i in ids],
-                "instances": [dataclasses.astuple(i) for i in insts],
-                "annotations": [[pos, ann] for i in ids for pos, ann in by_image[i]]}
+                "instances": [dataclasses.astuple(i) for i in insts], "annotations": anns}
         input_path, labels_path = shard_paths(folder, index)
         atomic_write_json(input_path, body, indent=None)
         shards.append(Shard(index, len(insts), input_path, labels_path))
