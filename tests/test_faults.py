@@ -286,9 +286,10 @@ def test_data_error_in_a_dataloader_worker_keeps_its_message_and_field(error: Ma
     assert got.field == field and got.hint == error.hint
 
 
+@pytest.mark.parametrize("route", ["loader_worker", "ray_worker"])
 def test_unreadable_image_read_in_a_worker_is_exit_2_naming_it(trained: dict[str, Any],
                                                                capsys: pytest.CaptureFixture[str],
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path, route: str) -> None:
     import shutil
 
     images = tmp_path / "images"
@@ -297,9 +298,10 @@ def test_unreadable_image_read_in_a_worker_is_exit_2_naming_it(trained: dict[str
     bad = images / first
     bad.write_bytes(bad.read_bytes()[:120])  # the header (size) reads, the pixels do not
     before = _snapshot(images)
+    extra = ["--set", "inference.num_workers=1"] if route == "ray_worker" else []
     rc, out, stderr = _run(capsys, "inference", [
-        *_inference_argv(trained, "t1", "worker-err"), "--set", f"inference.img_dir={images}",
-        "--set", "dataset.num_workers_per_gpu=1", "--set", "inference.batch_size=1"])
+        *_inference_argv(trained, "t1", f"worker-err-{route}"), "--set", f"inference.img_dir={images}",
+        "--set", "dataset.num_workers_per_gpu=1", "--set", "inference.batch_size=1", *extra])
     _assert_exit2(rc, out, stderr, str(bad), "DataLoader worker")
     assert out["error"]["field"] == str(bad) and "\n" not in out["error"]["message"]
     assert _snapshot(images) == before

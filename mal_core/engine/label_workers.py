@@ -27,6 +27,7 @@ from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.progress import Progress
 from mal_core.engine.restore import restore_network
 from mal_core.engine.shards import Shard, passthrough, read_shard, write_labels
+from mal_core.errors import MalError
 from mal_core.utils.stop import raise_if_stopped
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def label_on_ray(cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDatas
                  progress: Progress, checkpoint_field: str = "inference.checkpoint") -> None:
     """Label ``shards`` with ``inference.num_workers`` Ray actors; returns when every shard has its file."""
     import ray
+    import ray.exceptions
     from ray.util import ActorPool
 
     inf = cfg.inference
@@ -170,8 +172,14 @@ def label_on_ray(cfg: ExperimentConfig, explicit_keys: set[str], base: CocoDatas
         progress.start()
         pool = ActorPool(actors)
         by_index = {s.index: s for s in shards}
-        for index in pool.map_unordered(lambda a, s: a.label.remote(s, key), shards):
-            progress.finish(by_index[index])
+        try:
+            for index in pool.map_unordered(lambda a, s: a.label.remote(s, key), shards):
+                progress.finish(by_index[index])
+        except ray.exceptions.RayTaskError as exc:  # our own error in a worker (a corrupt image): as in process
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, MalError):
+                raise cause from None
+            raise
     finally:
         if started:
             ray.shutdown()
