@@ -15,6 +15,7 @@ and settings labels only the unfinished shards; the final file is assembled by s
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.progress import Progress
 from mal_core.engine.result import EngineResult
 from mal_core.engine.shards import (
+    HEADER_FILE,
     SHARDS_DIR,
     Shard,
     assemble,
@@ -90,7 +92,8 @@ def label_dataset(cfg: ExperimentConfig, explicit_keys: set[str], results_dir: P
         worker = ShardLabeller(cfg, explicit_keys, base, checkpoint_field=checkpoint_field)
         progress.start()
         for shard in todo:
-            progress.finish(shard, worker.label(shard, key))
+            worker.label(shard, key)
+            progress.finish(shard)
     progress.close()
     summary = LabelSummary(base.num_categories, inf.max_review_items)
     for shard in shards:  # one shard header in memory at a time
@@ -144,7 +147,7 @@ class LabelSummary:
         self.lowest: list[tuple[float, int]] = []
         self.missing: list[int] = []
 
-    def add(self, shard: Any, head: dict[str, Any] | None) -> None:
+    def add(self, shard: Shard, head: dict[str, Any] | None) -> None:
         """Add one shard's header (None: the shard has no complete labels file)."""
         if head is None:
             self.missing.append(shard.index)
@@ -173,9 +176,7 @@ def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths:
     want_review = inf.review_page and artifacts["num_labelled"]
     if not inf.save_overlays and not want_review:
         return
-    import json
-
-    header = json.loads((folder / "header.json").read_text())
+    header = json.loads((folder / HEADER_FILE).read_text())
     light = CocoDataset(base.ann_path, base.img_dir, {"images": header.get("images", []), "annotations": [],
                                                       "categories": header.get("categories", [])},
                         base.categories, [], 0)

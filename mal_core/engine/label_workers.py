@@ -66,11 +66,6 @@ class ShardOutcome:
                 "fill": list(self.fill), "lowest": self.lowest}
 
 
-def lowest_scores(labels: list[tuple[float, int]], keep: int) -> list[tuple[float, int]]:
-    """The ``keep`` lowest (score, pos) pairs."""
-    return heapq.nsmallest(keep, labels)
-
-
 def shard_metric(num_categories: int, ious: list[tuple[float, int, float]]) -> dict[str, list[float]]:
     """The metric state (per-category and size-bucket IoU sums and counts) of one shard's labels."""
     metric = MaskMIoU(num_categories, sync_on_compute=False)
@@ -132,7 +127,7 @@ class ShardLabeller:
                                metric=shard_metric(coco.num_categories, ious) if inf.load_mask else None,
                                box_metric=shard_metric(coco.num_categories, box_ious) if inf.load_mask else None,
                                fill=(float(sum(fills)), len(fills)),
-                               lowest=lowest_scores(scored, inf.max_review_items))
+                               lowest=heapq.nsmallest(inf.max_review_items, scored))
         write_labels(shard.labels_path, key, shard.index, records, outcome.summary())
         return outcome
 

@@ -150,19 +150,27 @@ class Labeller:
                                                  device=terms["flip"].device)
         scores = quality_score(terms).float().cpu()
         terms_host = {k: v.float().cpu() for k, v in terms.items()}
+        gts: list[tuple[float | None, ...]] = (gt_scores(pasted, batch) if "gt_region" in batch
+                                                else [(None, None, None)] * len(pasted))
         out = []
-        for i, p in enumerate(pasted):
-            host = PastedMask(p.region, p.mask.cpu(), p.score)
-            label = BoxLabel(index=int(batch["index"][i]), mask=host,
-                             score=float(scores[i]) if bool(p.mask.any()) else 0.0,
-                             quality={k: round(float(v[i]), 4) for k, v in terms_host.items()})
-            if "gt_region" in batch:
-                gt, area = batch["gt_region"][i], int(batch["gt_area"][i])
-                box = box_fill(p, batch["box"][i])
-                label.iou, label.box_iou = region_iou(p, gt, area), region_iou(box, gt, area)
-                label.fill = float(p.mask.sum()) / max(float(box.mask.sum()), 1.0)
-            out.append(label)
+        for i, (p, (iou, box_iou, fill)) in enumerate(zip(pasted, gts, strict=True)):
+            out.append(BoxLabel(index=int(batch["index"][i]), mask=PastedMask(p.region, p.mask.cpu(), p.score),
+                                score=float(scores[i]) if bool(p.mask.any()) else 0.0,
+                                quality={k: round(float(v[i]), 4) for k, v in terms_host.items()},
+                                iou=iou, box_iou=box_iou, fill=fill))
         return out
+
+
+def gt_scores(pasted: list[PastedMask], batch: dict[str, Any]) -> list[tuple[float, float, float]]:
+    """Per mask, against the batch's ground truth (``gt_region``, ``gt_area``): its IoU, the IoU of the box itself
+    (the box-fill baseline) and the fraction of its box the mask fills (the collapse checks' figures)."""
+    out = []
+    for i, p in enumerate(pasted):
+        gt, area = batch["gt_region"][i], int(batch["gt_area"][i])
+        box = box_fill(p, batch["box"][i])
+        out.append((region_iou(p, gt, area), region_iou(box, gt, area),
+                    float(p.mask.sum()) / max(float(box.mask.sum()), 1.0)))
+    return out
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -17,10 +17,9 @@ from mal_core.checkpoint_files import CHECKPOINT_FORMAT
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.engine.diagnostics import collapse_warnings
-from mal_core.engine.labelling import Labeller, TestTimeSettings
+from mal_core.engine.labelling import Labeller, TestTimeSettings, gt_scores
 from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.optim import build_optimizer
-from mal_core.engine.postprocess import box_fill, region_iou
 from mal_core.engine.schedule import lr_at, scaled_lr
 from mal_core.engine.seeding import seed_rank_streams
 from mal_core.losses.objective import mal_objective
@@ -133,15 +132,10 @@ class MALModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if "gt_region" not in batch:
             return
-        pasted = self.labeller.masks(batch)
-        gts = [(batch["gt_region"][i], int(batch["gt_area"][i])) for i in range(len(pasted))]
-        ious = [region_iou(p, *gt) for p, gt in zip(pasted, gts, strict=True)]
-        boxes = [box_fill(p, batch["box"][i]) for i, p in enumerate(pasted)]
-        box_ious = [region_iou(b, *gt) for b, gt in zip(boxes, gts, strict=True)]
+        ious, box_ious, fills = zip(*gt_scores(self.labeller.masks(batch), batch), strict=True)
         self.val_metric.update(torch.tensor(ious), batch["category_index"], batch["box_area"])
         self.val_box_metric.update(torch.tensor(box_ious), batch["category_index"], batch["box_area"])
-        self.val_fill.update(torch.tensor([float(p.mask.sum()) / max(float(b.mask.sum()), 1.0)
-                                           for p, b in zip(pasted, boxes, strict=True)]))
+        self.val_fill.update(torch.tensor(fills))
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metric.compute()

@@ -80,7 +80,7 @@ class Progress:
                 "boxes_total": self.total_boxes, "boxes_per_second": self.rate(), "eta_seconds": self.eta(),
                 "seconds": round(self.seconds, 1), "startup_seconds": round(self.startup_seconds, 1)}
 
-    def finish(self, shard: _Sized, _outcome: Any = None) -> None:
+    def finish(self, shard: _Sized) -> None:
         """Count one finished shard (a safe point: a pending stop request is raised here)."""
         raise_if_stopped()
         self.shards_done += 1

@@ -129,8 +129,8 @@ def read_shard(path: Path, base: CocoDataset) -> tuple[CocoDataset, dict[int, in
         body = json.load(fh)
     anns = [ann for _pos, ann in body["annotations"]]
     raw = {"images": body["images"], "annotations": anns, "categories": base.categories}
-    insts = [Instance(*fields) for fields in body["instances"]]
-    insts = [dataclasses.replace(i, bbox=tuple(i.bbox)) for i in insts]  # JSON gives the box back as a list
+    insts = [dataclasses.replace(i, bbox=tuple(i.bbox))  # JSON gives the box back as a list
+             for i in (Instance(*fields) for fields in body["instances"])]
     coco = CocoDataset(base.ann_path, base.img_dir, raw, base.categories, insts, 0)
     return coco, {ann["id"]: pos for pos, ann in body["annotations"]}
 
