@@ -18,7 +18,7 @@ import numpy as np
 
 from mal_core.data.coco import decode_segmentation
 from mal_core.data.images import read_rgb
-from mal_core.engine.metrics import MaskMIoU, instance_iou
+from mal_core.engine.metrics import MIoUSums, instance_iou
 
 GRABCUT_MIN_SIDE = 4
 _GRABCUT_PAD = 8
@@ -136,7 +136,7 @@ def score_baselines(
     img_dir: str | Path,
     methods: Sequence[str] = ("box_fill", "ellipse", "grabcut"),
 ) -> dict[str, dict[str, float]]:
-    """Mask mIoU (:class:`MaskMIoU`) of each baseline on a COCO file with GT masks, plus its wall time ``seconds``."""
+    """Mask mIoU (:class:`MIoUSums`) of each baseline on a COCO file with GT masks, plus its wall time ``seconds``."""
     unknown = [m for m in methods if m not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
@@ -148,7 +148,7 @@ def score_baselines(
         if ann.get("iscrowd", 0) or "segmentation" not in ann:
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
-    metrics = {m: MaskMIoU(len(coco["categories"])) for m in methods}
+    metrics = {m: MIoUSums(len(coco["categories"])) for m in methods}
     seconds = dict.fromkeys(methods, 0.0)
     for info in coco["images"]:
         anns = by_image.get(info["id"])

@@ -168,6 +168,16 @@ class TrainConfig:
         automl_reason="the AutoML budget (automl_max_epochs) sets it",
         description="Training epochs (one epoch = one pass over all kept training boxes).",
     )
+    time_budget_s: float = param(
+        0.0, title="Time budget (s)", minimum=0.0, automl_enabled=False,
+        automl_reason="a property of the machine and the deadline, not of the model",
+        description="Wall-clock seconds for the whole training job (0 = no limit). num_epochs is then the most "
+        "epochs: after the warmup epochs the run measures its epoch and validation times and fixes the epoch "
+        "count that fits the time left, and the cosine schedule decays over that count. If later epochs run "
+        "slower, the run ends early at an epoch boundary (warning). The last epoch is always validated and "
+        "checkpointed.",
+        examples=[600],
+    )
     checkpoint_interval: int = param(
         1, title="Checkpoint interval", minimum=1, popular=True, automl_enabled=False, automl_reason=_NO_SEARCH,
         description="Save model_epoch_<EEE>_step_<SSSSS>.pth every this many epochs (or steps, see unit).",

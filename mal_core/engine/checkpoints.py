@@ -1,5 +1,5 @@
-"""Checkpoint files: naming (``model_epoch_<EEE>_step_<SSSSS>.pth`` + ``mal_model_latest.pth``), discovery for
-resume, and loading MAL checkpoints with a clear error for files of another kind."""
+"""The Lightning callback that writes checkpoint files (``model_epoch_<EEE>_step_<SSSSS>.pth`` +
+``mal_model_latest.pth``). Finding and loading them is :mod:`mal_core.engine.checkpoint_io` (no Lightning import)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mal_core.checkpoint_files import LATEST_NAME, list_checkpoints
-from mal_core.errors import CheckpointError
-from mal_core.model.weights import torch_load
+from mal_core.engine.checkpoint_io import find_resume_checkpoint, load_mal_checkpoint
 from mal_core.utils.stop import raise_if_stopped, stop_requested
 
 log = logging.getLogger(__name__)
+__all__ = ["LATEST_NAME", "MALCheckpoint", "find_resume_checkpoint", "list_checkpoints", "load_mal_checkpoint"]
 
 
 class MALCheckpoint(ModelCheckpoint):
@@ -71,30 +71,3 @@ class MALCheckpoint(ModelCheckpoint):
         final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if final:
             self.save_now(trainer)
-
-
-def find_resume_checkpoint(results_dir: str | Path) -> Path | None:
-    """The newest checkpoint of a previous run in ``results_dir`` (``mal_model_latest.pth`` first), or None."""
-    latest = Path(results_dir) / f"{LATEST_NAME}.pth"
-    if latest.exists():
-        return latest.resolve()
-    ckpts = list_checkpoints(results_dir)
-    return ckpts[-1][2] if ckpts else None
-
-
-def load_mal_checkpoint(path: str | Path, field: str = "checkpoint") -> dict[str, Any]:
-    """Load a MAL checkpoint (weights_only) and check it is one: a ``state_dict`` with student weights and the
-    ``mal`` record (spec, categories, metrics)."""
-    obj = torch_load(path)
-    state = obj.get("state_dict") if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not any(k.startswith("model.student.") for k in state):
-        keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(
-            f"{str(path)!r} is not a MAL checkpoint (no student weights; top-level keys: {keys})", field=field,
-            hint="pass a model_epoch_*.pth written by `mal train`; backbone weights go to train.pretrained_model_path",
-        )
-    meta = obj.get("mal")
-    if not isinstance(meta, dict) or "spec" not in meta:
-        raise CheckpointError(f"{str(path)!r} lacks the MAL record (spec/categories); it was not written by mal-skill",
-                              field=field)
-    return obj

@@ -20,7 +20,7 @@ import torch
 from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
-from mal_core.engine.checkpoints import load_mal_checkpoint
+from mal_core.engine.checkpoint_io import load_mal_checkpoint
 from mal_core.engine.onnx_model import (
     INPUTS,
     META_CATEGORIES,

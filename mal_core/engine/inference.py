@@ -28,9 +28,9 @@ import torch
 from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.data.coco import CocoDataset
-from mal_core.data.datamodule import load_eval_coco
+from mal_core.data.loading import load_eval_coco
 from mal_core.engine.label_workers import ShardLabeller, label_on_ray
-from mal_core.engine.metrics import MaskMIoU
+from mal_core.engine.metrics import MIoUSums
 from mal_core.engine.progress import Progress
 from mal_core.engine.result import EngineResult
 from mal_core.engine.shards import (
@@ -139,8 +139,8 @@ class LabelSummary:
     up: the same as one pass over every label) and the lowest scores for the review page."""
 
     def __init__(self, num_categories: int, keep: int) -> None:
-        self.metric = MaskMIoU(num_categories, sync_on_compute=False)
-        self.box_metric = MaskMIoU(num_categories, sync_on_compute=False)  # the box-fill baseline, same boxes
+        self.metric = MIoUSums(num_categories)
+        self.box_metric = MIoUSums(num_categories)  # the box-fill baseline, same boxes
         self.fill_sum, self.fill_count = 0.0, 0
         self.keep = keep
         self.num_labelled = 0

@@ -23,7 +23,7 @@ from mal_core.config.experiment import ExperimentConfig
 from mal_core.data.coco import CocoDataset, encode_rle
 from mal_core.data.datasets import BoxCropDataset, collate_crops
 from mal_core.engine.labelling import BoxLabel, Labeller, TestTimeSettings, autocast_for, to_device
-from mal_core.engine.metrics import MaskMIoU
+from mal_core.engine.metrics import MIoUSums
 from mal_core.engine.progress import Progress
 from mal_core.engine.restore import restore_network
 from mal_core.engine.shards import Shard, passthrough, read_shard, write_labels
@@ -68,11 +68,11 @@ class ShardOutcome:
 
 def shard_metric(num_categories: int, ious: list[tuple[float, int, float]]) -> dict[str, list[float]]:
     """The metric state (per-category and size-bucket IoU sums and counts) of one shard's labels."""
-    metric = MaskMIoU(num_categories, sync_on_compute=False)
+    metric = MIoUSums(num_categories)
     if ious:
         iou, cat, area = zip(*ious, strict=True)
         metric.update(torch.tensor(iou), torch.tensor(cat), torch.tensor(area))
-    return {"iou_sum": metric.iou_sum.flatten().tolist(), "count": metric.count.flatten().tolist()}
+    return metric.state()
 
 
 def label_device(cfg: ExperimentConfig) -> torch.device:

@@ -18,10 +18,10 @@ from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import spec_to_dict
 from mal_core.engine.diagnostics import collapse_warnings
 from mal_core.engine.labelling import Labeller, TestTimeSettings, gt_scores
-from mal_core.engine.metrics import MaskMIoU
 from mal_core.engine.optim import build_optimizer
 from mal_core.engine.schedule import lr_at, scaled_lr
 from mal_core.engine.seeding import seed_rank_streams
+from mal_core.engine.val_metric import MaskMIoU
 from mal_core.losses.objective import mal_objective
 from mal_core.model.build import build_network
 from mal_core.utils.io import append_text, drop_history_from_epoch, json_safe
@@ -54,6 +54,7 @@ class MALModule(pl.LightningModule):
         self.warnings: list[str] = []
         self.peak_lr = cfg.train.lr
         self.min_lr = 0.0
+        self.schedule_epochs = cfg.train.num_epochs  # the cosine's length; a time budget sets it after the warmup
         self._skipped_batches = 0
 
     # ----- optimisation -------------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ class MALModule(pl.LightningModule):
     def _set_lr(self, epoch_float: float) -> float:
         t = self.cfg.train
         lr = lr_at(epoch_float, peak=self.peak_lr, floor=self.min_lr, warmup_epochs=t.warmup_epochs,
-                   num_epochs=t.num_epochs, num_wave=t.num_wave)
+                   num_epochs=self.schedule_epochs, num_wave=t.num_wave)
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

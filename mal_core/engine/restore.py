@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mal_core.config.checks import check_checkpoint_conflicts
 from mal_core.config.experiment import ExperimentConfig, PostprocessConfig
 from mal_core.config.loader import canonical_keys, parse_spec, spec_to_dict
-from mal_core.engine.checkpoints import load_mal_checkpoint
-from mal_core.engine.module import MALModule
+from mal_core.engine.checkpoint_io import load_mal_checkpoint
 from mal_core.errors import CheckpointError
 from mal_core.model.build import build_network
+
+if TYPE_CHECKING:  # Lightning is imported only where a LightningModule is needed (not by labelling jobs)
+    from mal_core.engine.module import MALModule
 
 
 def merge_checkpoint_spec(cfg: ExperimentConfig, stored: dict[str, Any], explicit: set[str],
@@ -65,6 +67,8 @@ def restore_network(cfg: ExperimentConfig, checkpoint: str, field: str,
 def restore_module(cfg: ExperimentConfig, checkpoint: str, field: str, explicit: set[str],
                    categories: list[dict[str, Any]], test_mode: dict[str, bool]) -> tuple[MALModule, ExperimentConfig]:
     """:func:`restore_network` in a fresh :class:`MALModule` (Lightning's validation/predict loops)."""
+    from mal_core.engine.module import MALModule
+
     network, merged, _stored = restore_network(cfg, checkpoint, field, explicit)
     module = MALModule(merged, categories, test_mode=test_mode, network=network)
     return module.eval(), merged

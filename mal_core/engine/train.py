@@ -17,6 +17,7 @@ from mal_core.config.checks import clamp_for_action
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import dump_spec
 from mal_core.data.datamodule import MALDataModule, load_eval_coco, load_train_coco
+from mal_core.engine import time_budget
 from mal_core.engine.checkpoints import (
     LATEST_NAME,
     MALCheckpoint,
@@ -57,7 +58,7 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     A warmup not below the epoch count is clamped (see :func:`clamp_for_action`); the final epoch always writes a
     checkpoint, whatever ``train.checkpoint_interval``.
     """
-    t0 = time.time()
+    t0, started = time.time(), time_budget.budget_clock()
     cfg = copy.deepcopy(cfg)
     warnings = clamp_for_action(cfg, "train")
     for warning in warnings:
@@ -88,8 +89,17 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         log.info("resuming from %s (pretrained_model_path ignored)", resume)
     dump_spec(cfg, results_dir / "train_spec.yaml")
     ckpt_cb = MALCheckpoint(results_dir, t.checkpoint_interval, t.checkpoint_interval_unit)
+    budget = None
+    if t.time_budget_s > 0:
+        n_val = len(val_coco.instances) if val_coco else 0
+        budget = time_budget.TimeBudget(t.time_budget_s, started, warmup_epochs=t.warmup_epochs,
+                            validation_interval=t.validation_interval,
+                            set_schedule_epochs=lambda n: setattr(module, "schedule_epochs", n),
+                            val_per_epoch=n_val / max(len(train_coco.instances), 1))
+    own_callbacks = [ckpt_cb, budget] if budget else [ckpt_cb]
     trainer = build_trainer(
-        results_dir, devices, use_amp=t.use_amp, callbacks=[ckpt_cb, *(callbacks or [])], max_epochs=t.num_epochs,
+        results_dir, devices, use_amp=t.use_amp, callbacks=[*own_callbacks, *(callbacks or [])],
+        max_epochs=t.num_epochs,
         check_val_every_n_epoch=t.validation_interval, deterministic="warn" if t.cudnn.deterministic else False,
         benchmark=t.cudnn.benchmark, steps_per_epoch=math.ceil(len(train_coco.instances) / t.batch_size),
     )
@@ -107,10 +117,12 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     return EngineResult(
         results_dir=str(results_dir), artifacts=artifacts,
         metrics=_reported_metrics(module.last_metrics, artifacts, results_dir),
-        warnings=warnings + module.warnings,  # spec clamps, then collapse checks of the last validation
+        # spec clamps, a time budget that ended the run early, then the collapse checks of the last validation
+        warnings=warnings + (budget.state.warnings if budget else []) + module.warnings,
         details={"num_train_instances": len(train_coco.instances),
                  "num_val_instances": len(val_coco.instances) if val_coco else 0,
                  "pretrained": init_report.summary() if init_report else None,
+                 "time_budget": budget.summary() if budget else None,
                  "seconds": round(time.time() - t0, 2)},
     )
 

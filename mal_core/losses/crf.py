@@ -10,15 +10,25 @@ from mal_core.losses.dice import dice_loss
 from mal_core.losses.mil import resize_to
 
 
+def _offsets(kernel_size: int) -> list[tuple[int, int]]:
+    """The (row, column) offsets of a k x k window into a tensor padded by k // 2, in unfold's (row-major) order."""
+    return [(dy, dx) for dy in range(kernel_size) for dx in range(kernel_size)]
+
+
 def colour_affinity(image: torch.Tensor, kernel_size: int, zeta: float) -> torch.Tensor:
-    """K(p,q) = exp(-|I(q)-I(p)|^2 / (2 zeta^2)) over a k x k window -> (B, k*k, H*W); 0 for out-of-image q."""
+    """K(p,q) = exp(-|I(q)-I(p)|^2 / (2 zeta^2)) over a k x k window -> (B, k*k, H, W); 0 for out-of-image q.
+
+    Built from k*k shifted views of the padded image (no unfold: the (B, C, k*k, H*W) patch tensor is never made).
+    """
     b, c, h, w = image.shape
     pad = kernel_size // 2
-    patches = F.unfold(image, kernel_size, padding=pad).view(b, c, kernel_size * kernel_size, h * w)
-    centre = image.view(b, c, 1, h * w)
-    dist2 = (patches - centre).pow(2).sum(1)
-    valid = F.unfold(image.new_ones((1, 1, h, w)), kernel_size, padding=pad)  # (1, k*k, H*W)
-    return torch.exp(-dist2 / (2.0 * zeta**2)) * valid
+    padded = F.pad(image, (pad, pad, pad, pad))
+    valid = F.pad(image.new_ones((1, 1, h, w)), (pad, pad, pad, pad))
+    out = image.new_empty((b, kernel_size * kernel_size, h, w))
+    for k, (dy, dx) in enumerate(_offsets(kernel_size)):
+        dist2 = (padded[:, :, dy:dy + h, dx:dx + w] - image).pow(2).sum(1)
+        out[:, k] = torch.exp(-dist2 / (2.0 * zeta**2)) * valid[:, 0, dy:dy + h, dx:dx + w]
+    return out
 
 
 @torch.no_grad()
@@ -27,21 +37,25 @@ def mean_field_refine(image: torch.Tensor, init: torch.Tensor, box_mask: torch.T
     """Mean-field foreground probability (B,1,H,W) from an initial probability, the box mask and the image.
 
     Each iteration sets, per label l, s_l(p) = exp(sum_q K(p,q) log x_l(q)) (a colour-weighted geometric mean of
-    the neighbours), zeroes foreground outside the box and renormalises; values are clamped to [low, high].
+    the neighbours), zeroes foreground outside the box and renormalises; values are clamped to [low, high]. The
+    window sum runs over shifted views of the padded log-probabilities, in the window's row-major order.
     """
     if kernel_size % 2 != 1:
         raise ValueError("crf kernel size must be odd")
     b, _, h, w = init.shape
-    affinity = colour_affinity(image.float(), kernel_size, zeta).unsqueeze(1)  # (B,1,k*k,HW)
-    m = box_mask.float().view(b, 1, h * w)
-    x = (init.float() * box_mask.float()).clamp(low, high)
+    affinity = colour_affinity(image.float(), kernel_size, zeta).unsqueeze(1)  # (B,1,k*k,H,W)
+    m = box_mask.float()
+    x = (init.float() * m).clamp(low, high)
     pad = kernel_size // 2
+    offsets = _offsets(kernel_size)
     for _ in range(num_iter):
-        logs = torch.log(torch.cat([1.0 - x, x], dim=1))  # (B,2,H,W): background, foreground
-        neigh = F.unfold(logs, kernel_size, padding=pad).view(b, 2, kernel_size * kernel_size, h * w)
-        s = torch.exp((neigh * affinity).sum(2))  # (B,2,HW)
+        logs = F.pad(torch.log(torch.cat([1.0 - x, x], dim=1)), (pad, pad, pad, pad))  # background, foreground
+        acc = torch.zeros((b, 2, h, w), dtype=x.dtype, device=x.device)
+        for k, (dy, dx) in enumerate(offsets):
+            acc += logs[:, :, dy:dy + h, dx:dx + w] * affinity[:, :, k]
+        s = torch.exp(acc)
         s_bg, s_fg = s[:, 0:1], s[:, 1:2] * m
-        x = (s_fg / (s_bg + s_fg + 1e-6)).clamp(low, high).view(b, 1, h, w)
+        x = (s_fg / (s_bg + s_fg + 1e-6)).clamp(low, high)
     return x
 
 
