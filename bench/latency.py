@@ -1,4 +1,6 @@
-"""Agent latency: wall time of ``runners/<action>.py --help`` and ``--dry-run`` (target < 1.5 s each).
+"""Agent latency: wall time of ``runners/<action>.py --help`` and ``--dry-run`` (target < 1.5 s each), and the
+import seconds a real run pays before it starts working (fresh interpreters; torch, transformers' ViT-MAE, the
+labelling engine, the training engine, each measured on top of the previous one).
 
 Usage: python bench/latency.py [--repeats 5] [--json bench_output/latency.json]
 Creates a tiny synthetic dataset and a tiny train job (for the evaluate/inference parent), then times fresh
@@ -29,6 +31,43 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     return time.perf_counter() - t0, proc.returncode, proc.stdout.strip().splitlines()[-1] if proc.stdout else ""
+
+
+#: Imports of a real run, in the order a run pays them: each row is measured on top of the rows before it.
+IMPORT_STEPS = (
+    ("torch", "import torch"),
+    ("transformers ViT-MAE (the backbone)", "from transformers import ViTMAEModel"),
+    ("labelling engine (inference, evaluate)", "import mal_core.engine.inference, mal_core.engine.evaluate"),
+    ("training engine (Lightning, torchmetrics)", "import mal_core.engine.train"),
+)
+_IMPORT_PROBE = """
+import json, sys, time
+out = {}
+for name, stmt in json.loads(sys.argv[1]):
+    t0 = time.perf_counter()
+    exec(stmt)
+    out[name] = time.perf_counter() - t0
+out["lightning in the labelling engine"] = "pytorch_lightning" in sys.modules and "mal_core.engine.train" not in out
+print(json.dumps(out))
+"""
+
+
+def import_seconds(repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds of each :data:`IMPORT_STEPS` row over ``repeats`` fresh interpreters."""
+    runs = []
+    for _ in range(repeats):
+        proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(IMPORT_STEPS)], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rows = {name: {"median_s": statistics.median(r[name] for r in runs), "max_s": max(r[name] for r in runs)}
+            for name, _ in IMPORT_STEPS}
+    labelling = [n for n, _ in IMPORT_STEPS[:3]]
+    rows["= a labelling run (inference / evaluate)"] = {
+        "median_s": statistics.median(sum(r[n] for n in labelling) for r in runs),
+        "max_s": max(sum(r[n] for n in labelling) for r in runs)}
+    rows["= a training run"] = {"median_s": statistics.median(sum(r[n] for n, _ in IMPORT_STEPS) for r in runs),
+                                "max_s": max(sum(r[n] for n, _ in IMPORT_STEPS) for r in runs)}
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'command':<40}{'median s':>10}{'max s':>10}")
     for name, r in rows.items():
         print(f"{name:<40}{r['median_s']:>10.3f}{r['max_s']:>10.3f}")
-    atomic_write_json(args.json, {"target_s": 1.5, "results": rows})
+    imports = import_seconds(args.repeats)
+    print(f"\n{'imports of a real run (on top of the rows above)':<50}{'median s':>10}{'max s':>10}")
+    for name, r in imports.items():
+        print(f"{name:<50}{r['median_s']:>10.3f}{r['max_s']:>10.3f}")
+    atomic_write_json(args.json, {"target_s": 1.5, "results": rows, "imports": imports})
     return 0
 
 

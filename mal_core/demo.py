@@ -1,5 +1,9 @@
 """``mal demo``: synthetic boxed data -> train the CPU recipe -> evaluate -> label with overlays and a review page
--> score the same model on a held-out shape family it never saw -> summary."""
+-> score the same model on a held-out shape family it never saw -> summary with the time of each stage.
+
+The demo's training is bounded by time (:data:`DEMO_TRAIN_BUDGET_S`, ``train.time_budget_s``), not by an epoch
+count: the same demo takes the same few minutes on any machine, and a faster one trains more epochs (up to the
+recipe's ``train.num_epochs``)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mal_core.baselines import score_baselines
@@ -27,6 +33,17 @@ HELDOUT_FAMILY = "touching"
 DEMO_MARKER = ".mal_demo_output"
 #: What a demo writes at the top of ``--out`` (the only entries a later demo replaces).
 DEMO_ENTRIES = ("data", "data_heldout", "train", "eval", "inference", "heldout_eval")
+#: Wall-clock seconds the demo's training may take (the whole demo then stays within about five minutes on two
+#: cores); ``--set train.time_budget_s=...`` changes it, 0 trains the recipe's full epoch count.
+DEMO_TRAIN_BUDGET_S = 200
+
+
+@contextmanager
+def _stage(times: dict[str, float], name: str) -> Iterator[None]:
+    """Records the wall time of one demo stage in ``times``."""
+    t0 = time.time()
+    yield
+    times[name] = time.time() - t0
 
 
 def claim_output_folder(out: str | Path) -> Path:
@@ -78,34 +95,44 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
     for sub in DEMO_ENTRIES[2:]:
         shutil.rmtree(out / sub, ignore_errors=True)
     t0 = time.time()
-    data = generate_synthetic_dataset(out / "data", num_train_images=train_images, num_val_images=val_images,
-                                      difficulty="medium", seed=0)
+    times: dict[str, float] = {}
+    with _stage(times, "synthetic data"):
+        data = generate_synthetic_dataset(out / "data", num_train_images=train_images, num_val_images=val_images,
+                                          difficulty="medium", seed=0)
     base = {
         "dataset.train_ann_path": data.train_ann_path, "dataset.train_img_dir": data.train_img_dir,
         "dataset.val_ann_path": data.val_ann_path, "dataset.val_img_dir": data.val_img_dir,
     }
-    sets = [f"{k}={v}" for k, v in base.items()] + list(overrides or [])
+    sets = ([f"{k}={v}" for k, v in base.items()] + [f"train.time_budget_s={DEMO_TRAIN_BUDGET_S}"]
+            + list(overrides or []))
     cfg, _ = parse_spec(raw, sets + [f"results_dir={out / 'train'}"])
     check_for_action(cfg, "train")
-    print(f"[demo] training {cfg.model.arch} at crop {cfg.dataset.crop_size} for {cfg.train.num_epochs} epochs on "
-          f"CPU ({data.train_ann_path}) ...", flush=True)
-    train = run_train(cfg)
+    budget = (f"within {cfg.train.time_budget_s:.0f} s (at most {cfg.train.num_epochs} epochs)"
+              if cfg.train.time_budget_s else f"for {cfg.train.num_epochs} epochs")
+    print(f"[demo] training {cfg.model.arch} at crop {cfg.dataset.crop_size} {budget} on CPU "
+          f"({data.train_ann_path}) ...", flush=True)
+    with _stage(times, "train"):
+        train = run_train(cfg)
     ckpt = train.artifacts["latest_checkpoint"]
     ecfg, explicit = parse_spec(raw, sets + [f"results_dir={out / 'eval'}", f"evaluate.checkpoint={ckpt}"])
-    ev = run_evaluate(ecfg, explicit)
+    with _stage(times, "evaluate"):
+        ev = run_evaluate(ecfg, explicit)
     icfg, explicit = parse_spec(raw, sets + [
         f"results_dir={out / 'inference'}", f"inference.checkpoint={ckpt}", f"inference.ann_path={data.val_ann_path}",
         f"inference.img_dir={data.val_img_dir}", "inference.save_overlays=true", "inference.load_mask=true",
         "inference.label_dump_path=val_labels_mal.json"])
-    inf = run_inference(icfg, explicit)
+    with _stage(times, "label (overlays, review page)"):
+        inf = run_inference(icfg, explicit)
     box_fill = score_baselines(data.val_ann_path, data.val_img_dir, methods=("box_fill",))["box_fill"]
     miou = ev.metrics["mIoU"]
-    held = generate_family(out / "data_heldout", HELDOUT_FAMILY, train_images=0, val_images=val_images, seed=0)
+    with _stage(times, "held-out data"):
+        held = generate_family(out / "data_heldout", HELDOUT_FAMILY, train_images=0, val_images=val_images, seed=0)
     held_sets = sets + [f"results_dir={out / 'heldout_eval'}", f"evaluate.checkpoint={ckpt}",
                         f"dataset.val_ann_path={held / 'val' / 'annotations.json'}",
                         f"dataset.val_img_dir={held / 'val' / 'images'}"]
     hcfg, explicit = parse_spec(raw, held_sets)
-    held_ev = run_evaluate(hcfg, explicit)
+    with _stage(times, "held-out evaluate"):
+        held_ev = run_evaluate(hcfg, explicit)
     held_box = score_baselines(held / "val" / "annotations.json", held / "val" / "images",
                                methods=("box_fill",))["box_fill"]
     print("\n==================== MAL demo ====================")
@@ -120,6 +147,12 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
     print(f"held-out:     MAL {held_ev.metrics['mIoU']:.3f}   vs box-fill baseline {held_box['mIoU']:.3f}   "
           f"({int(held_ev.metrics['num_instances'])} instances of the untuned '{HELDOUT_FAMILY}' family, "
           "same model, never trained on)")
+    plan = train.details.get("time_budget") or {}
+    epochs = plan.get("epochs_run")
+    print(f"trained:      {epochs if epochs is not None else cfg.train.num_epochs} epochs "
+          f"({train.details['num_train_instances']} boxes)"
+          + (f", fitted to train.time_budget_s={cfg.train.time_budget_s:.0f}" if plan else ""))
+    print("stage times:  " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()))
     print(f"wall time:    {time.time() - t0:.0f} s")
     return {"train": train.flat(), "evaluate": ev.flat(), "inference": inf.flat(), "box_fill": box_fill,
-            "heldout_evaluate": held_ev.flat(), "heldout_box_fill": held_box}
+            "heldout_evaluate": held_ev.flat(), "heldout_box_fill": held_box, "stage_seconds": times}

@@ -5,9 +5,9 @@ The plan is made once the warmup epochs are done: the learning rate's linear war
 length, so measuring during it costs nothing; from then on the cosine decays over the planned count. Validation
 time is measured when a validation has run, and estimated until then as one training epoch per training set's
 worth of validation boxes (the labelling pipeline costs about a training step per box). Each epoch start checks
-the plan against the clock: an epoch that would leave too little time for the next one and the final validation
-becomes the last (a shared CPU, a slower stretch of data), with a warning. The last epoch always validates (and
-:class:`~mal_core.engine.checkpoints.MALCheckpoint` always saves it).
+the plan against the clock: an epoch that would leave too little time (the whole budget, the reserve included) for
+the next one and the final validation becomes the last (a shared CPU, a slower stretch of data), with a warning.
+The last epoch always validates (and :class:`~mal_core.engine.checkpoints.MALCheckpoint` always saves it).
 """
 
 from __future__ import annotations
@@ -89,9 +89,10 @@ class TimeBudget(pl.Callback):
         self._max_epochs = 0
 
     # ----- measuring ----------------------------------------------------------------------------------------
-    def seconds_left(self) -> float:
-        """Budget left now, less the reserve for the end of the run."""
-        return self.budget_s * (1.0 - RESERVE_FRACTION) - (self.clock() - self.started_at)
+    def seconds_left(self, reserve: bool = True) -> float:
+        """Budget left now, less (``reserve``) the share kept back for the end of the run."""
+        kept = self.budget_s * RESERVE_FRACTION if reserve else 0.0
+        return self.budget_s - kept - (self.clock() - self.started_at)
 
     def epoch_estimate(self) -> float:
         """Seconds of one training epoch: the mean of the epochs after the first (which pays start-up costs), or
@@ -126,10 +127,11 @@ class TimeBudget(pl.Callback):
         if self.state.planned is not None and epoch + 1 < trainer.max_epochs and self.state.epoch_seconds:
             this_val = self.val_estimate() if (epoch + 1) % self.interval == 0 else 0.0
             need = 2 * self.epoch_estimate() + this_val + self.val_estimate()  # this epoch, the next, final val
-            if self.seconds_left() < need:
+            left = self.seconds_left(reserve=False)  # the plan kept the reserve: it absorbs small drifts
+            if left < need:
                 message = (f"train.time_budget_s: ended at epoch {epoch + 1} of the planned {self.state.planned} "
-                           f"(epochs ran slower than measured: {self.seconds_left():.1f} s left, this epoch and the "
-                           f"next with the final validation need {need:.1f} s)")
+                           f"(epochs ran slower than measured: {left:.1f} s left, this epoch and the next with the "
+                           f"final validation need {need:.1f} s)")
                 log.warning("%s", message)
                 self.state.warnings.append(message)
                 self.state.ended_early = True
