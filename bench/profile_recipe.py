@@ -54,7 +54,8 @@ JOB_RULES: list[tuple[str, tuple[str, ...]]] = [
 
 
 #: Leaf frames of a thread that waits (DataLoader workers waiting for work).
-IDLE_LEAVES = ("Condition.wait (threading.py", "Queue.get (multiprocessing/queues.py", "_poll (", "poll (")
+IDLE_LEAVES = ("Condition.wait (threading.py", "Queue.get (multiprocessing/queues.py", "_poll (", "poll (",
+               "select (", "_PollLikeSelector.select (")
 
 
 def component_of(stack: str) -> str:

@@ -90,8 +90,10 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("A100", {"16": 312.0, "tf32": 156.0, "fp32": 19.5}),
 ]
 FLOP_NOTE = ("FLOPs are counted by torch.utils.flop_counter.FlopCounterMode over student forward + backward and "
-             "teacher forward (matmul, conv, attention); the CRF mean-field refinement, interpolation and other "
-             "elementwise work are not counted, so MFU understates the work done per step.")
+             "teacher forward (matmul, conv, attention), and for labelling over the network passes of one batch "
+             "(main, flip and teacher); the CRF mean-field refinement, interpolation and other elementwise work are "
+             "not counted, so MFU understates the work done. CPU peak: cores x 2 FMA pipes x SIMD lanes x 2 x the "
+             "clock of /proc/cpuinfo.")
 
 
 # ----- small helpers ------------------------------------------------------------------------------------------------
@@ -411,17 +413,21 @@ def bench_train(runner: StepRunner, bs: int, args: argparse.Namespace, rng: np.r
 
 
 def bench_infer(runner: StepRunner, bs: int, args: argparse.Namespace, rng: np.random.Generator,
-                gen: torch.Generator, mem: PeakMemory) -> dict[str, Any]:
+                gen: torch.Generator, mem: PeakMemory, peak_tflops: float | None) -> dict[str, Any]:
     cfg, device = runner.cfg, runner.device
     runner.module.model.eval()
     batches = [make_batch(cfg, bs, train=False, rng=rng, gen=gen) for _ in range(min(max(args.steps, 1), 3))]
     mem.reset()
     runner.mode = "off"
-    runner.infer_step(batches[0])  # untimed first step
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=runner._flop_map) as counter:
+        runner.infer_step(batches[0])  # untimed first step; counts the FLOPs of the network passes
+    flops = counter.get_total_flops()
     elapsed = _timed(runner.infer_step, batches, args.warmup, args.steps, device)
-    out: dict[str, Any] = {"status": "ok", "steps": args.steps}
+    out: dict[str, Any] = {"status": "ok", "steps": args.steps, "gflop_per_instance": flops / bs / 1e9}
     if args.steps > 0:
         out.update(instances_per_s=bs * args.steps / elapsed, batch_ms=1000.0 * elapsed / args.steps)
+        out["achieved_tflops"] = flops * args.steps / elapsed / 1e12
+        out["mfu"] = out["achieved_tflops"] / peak_tflops if peak_tflops else None
     if args.profile_steps > 0:
         runner.mode = "time"
         runner.times.clear()
@@ -513,12 +519,26 @@ def apply_torch_flags(cfg: ExperimentConfig) -> bool:
     return deterministic
 
 
+def cpu_peak_tflops(threads: int) -> tuple[float | None, str]:
+    """FP32 FMA peak of ``threads`` cores: cores x FLOP/cycle x clock, with FLOP/cycle = 2 FMA pipes x SIMD lanes
+    x 2 (AVX-512: 16 lanes, AVX2 + FMA: 8, else 4 lanes without FMA) and the clock /proc/cpuinfo reports."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        info = Path("/proc/cpuinfo").read_text()
+        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+        mhz = float(next(line for line in info.splitlines() if line.startswith("cpu MHz")).split(":", 1)[1])
+        per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+        return threads * per_cycle * mhz / 1e6, (f"cpu: {threads} cores x {per_cycle} FP32 FLOP/cycle x "
+                                                 f"{mhz / 1000:.2f} GHz")
+    return None, "cpu: peak unknown"
+
+
 def resolve_peak(device: torch.device, precision: str, override: float | None) -> tuple[float | None, str]:
-    """Peak TFLOPS for MFU: None on CPU; else --peak-tflops (0 turns MFU off), else by GPU name and precision."""
-    if device.type != "cuda":
-        return None, "cpu: MFU n/a"
+    """Peak TFLOPS for MFU: --peak-tflops (0 turns MFU off), else the CPU's FMA peak (:func:`cpu_peak_tflops`) or
+    the GPU's by name and precision."""
     if override is not None:
         return (override or None), "--peak-tflops"
+    if device.type != "cuda":
+        return cpu_peak_tflops(torch.get_num_threads())
     name = torch.cuda.get_device_name(device).upper()
     if precision == "32-true":
         column = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
@@ -558,8 +578,8 @@ def print_config(name: str, res: dict[str, Any], device: torch.device) -> None:
           f"{res['student_params'] / 1e6:.2f} M student params ==")
     mem_head = "peak MiB" if device.type == "cuda" else "RSS+ MiB"
     cols = [("batch", 6), ("train inst/s", 13), ("step ms", 10), ("infer inst/s", 13), (f"train {mem_head}", 15),
-            (f"infer {mem_head}", 15), ("GFLOP/inst", 11), ("TFLOPS", 8), ("MFU", 7), ("loader inst/s", 14),
-            ("workers", 8)]
+            (f"infer {mem_head}", 15), ("GFLOP/inst", 11), ("TFLOPS", 8), ("MFU", 7), ("infer MFU", 10),
+            ("loader inst/s", 14), ("workers", 8)]
     print("".join(f"{c:>{w}}" for c, w in cols))
     for row in res["rows"]:
         tr, inf, ld = row["train"], row["infer"], row.get("loader", {})
@@ -575,6 +595,7 @@ def print_config(name: str, res: dict[str, Any], device: torch.device) -> None:
             _f(tr.get("gflop_per_instance"), ".2f") if ok else "-",
             _f(tr.get("achieved_tflops"), ".3f") if ok else "-",
             (_f(tr["mfu"] * 100, ".1f") + "%" if tr.get("mfu") is not None else "n/a") if ok else "-",
+            (_f(inf["mfu"] * 100, ".1f") + "%" if inf.get("mfu") is not None else "n/a") if iok else "-",
             _f(ld.get("instances_per_s"), ".1f"),
             _f(row.get("loader_workers_needed"), "d"),
         ]
@@ -733,7 +754,8 @@ def run_config(name: str, cfg: ExperimentConfig, precision: str, peak: tuple[flo
         print(f"[{name}] batch {bs} ...", flush=True)
         row: dict[str, Any] = {"batch_size": bs}
         row["train"] = _guarded(lambda bs=bs: bench_train(runner, bs, args, rng, gen, mem, peak[0]), device, module)
-        row["infer"] = _guarded(lambda bs=bs: bench_infer(runner, bs, args, rng, gen, mem), device, module)
+        row["infer"] = _guarded(lambda bs=bs: bench_infer(runner, bs, args, rng, gen, mem, peak[0]),
+                                device, module)
         row["loader"] = bench_loader(dataset, bs, max(1, min(args.steps, 5)), args.seed)
         if onnx_path is not None:
             row["onnx"] = _guarded(lambda bs=bs: bench_onnx(runner, onnx_path, bs, args, rng, gen), device, module)
