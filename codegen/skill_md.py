@@ -28,6 +28,7 @@ IMPORTANT_PARAMETERS: tuple[str, ...] = (
     "dataset.crop_size",
     "dataset.load_mask",
     "train.num_epochs",
+    "train.time_budget_s",
     "train.batch_size",
 )
 

@@ -90,3 +90,38 @@ def test_losses_have_gradients():
     loss = mil_loss(p, box).sum() + crf_loss(torch.randn(1, 3, 64, 64), p, p.detach(), box, num_iter=3).sum()
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def _unfold_mean_field(image, init, box_mask, kernel_size, zeta, num_iter, low, high):
+    """The mean-field update written directly with unfold (the (B, 2, k*k, H*W) neighbour tensor): the reference the
+    shifted-view implementation must reproduce."""
+    import torch.nn.functional as F
+
+    b, c, h, w = image.shape
+    pad = kernel_size // 2
+    patches = F.unfold(image, kernel_size, padding=pad).view(b, c, kernel_size**2, h * w)
+    dist2 = (patches - image.view(b, c, 1, h * w)).pow(2).sum(1)
+    valid = F.unfold(image.new_ones((1, 1, h, w)), kernel_size, padding=pad)
+    affinity = (torch.exp(-dist2 / (2.0 * zeta**2)) * valid).unsqueeze(1)
+    m = box_mask.view(b, 1, h * w)
+    x = (init * box_mask).clamp(low, high)
+    for _ in range(num_iter):
+        logs = torch.log(torch.cat([1.0 - x, x], dim=1))
+        neigh = F.unfold(logs, kernel_size, padding=pad).view(b, 2, kernel_size**2, h * w)
+        s = torch.exp((neigh * affinity).sum(2))
+        x = (s[:, 1:2] * m / (s[:, 0:1] + s[:, 1:2] * m + 1e-6)).clamp(low, high).view(b, 1, h, w)
+    return x
+
+
+def test_mean_field_over_shifted_views_equals_the_unfold_formulation():
+    g = torch.Generator().manual_seed(3)
+    for b, h, w, k, iters in [(4, 32, 32, 3, 10), (2, 17, 23, 3, 5), (2, 20, 20, 5, 4)]:
+        img = torch.randn(b, 3, h, w, generator=g)
+        init = torch.rand(b, 1, h, w, generator=g)
+        box = (torch.rand(b, 1, h, w, generator=g) > 0.2).float()
+        got = mean_field_refine(img, init, box, kernel_size=k, zeta=0.5, num_iter=iters, low=0.01, high=0.99)
+        want = _unfold_mean_field(img, init, box, k, 0.5, iters, 0.01, 0.99)
+        if k == 3:  # the recipe's kernel: the same sums in the same order, bit for bit
+            assert torch.equal(got, want)
+        else:
+            assert torch.allclose(got, want, atol=1e-5)
