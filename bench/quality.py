@@ -131,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     terms = sorted({k for a in labelled for k in a.get("quality", {})})
     mal["spearman_terms"] = {k: spearman([a["quality"][k] for a in labelled], ious) for k in terms}
     rows = {"MAL (" + cfg.model.arch + ")": mal, **base}
+    budget = train.details.get("time_budget") or {}
+    epochs = budget.get("epochs_run") or cfg.train.num_epochs
     print(f"\nval set: {name}, {int(mal['num_instances'])} instances; train: "
-          f"{train.details['num_train_instances']} boxes x {cfg.train.num_epochs} epochs in {train_s:.0f} s"
+          f"{train.details['num_train_instances']} boxes x {epochs} epochs in {train_s:.0f} s"
+          + (f" (train.time_budget_s {cfg.train.time_budget_s:.0f})" if budget else "")
           + (f"; pretrain: {pretrain.details['seconds']:.0f} s, loss {pretrain.metrics}" if pretrain else "")
           + (f"; from {args.pretrained}" if args.pretrained else ""))
     print(f"{'method':<24}" + "".join(f"{k.replace('mIoU_', ''):>10}" for k in METRIC_KEYS) + f"{'seconds':>10}")
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "spec": args.spec, "train_seconds": train_s, "pretrain": pretrain.flat() if pretrain else None,
         "pretrained": args.pretrained,
         "pretrain_overrides": args.pretrain_overrides, "results": rows, "true_box_fill_fraction": box_fill_fraction(gt),
-        "history": _history(train)})
+        "history": _history(train), "time_budget": budget or None})
     return 0
 
 
