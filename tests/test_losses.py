@@ -115,13 +115,14 @@ def _unfold_mean_field(image, init, box_mask, kernel_size, zeta, num_iter, low, 
 
 def test_mean_field_over_shifted_views_equals_the_unfold_formulation():
     g = torch.Generator().manual_seed(3)
-    for b, h, w, k, iters in [(4, 32, 32, 3, 10), (2, 17, 23, 3, 5), (2, 20, 20, 5, 4)]:
+    for b, h, w, k, iters in [(4, 32, 32, 3, 10), (2, 128, 128, 3, 3), (2, 17, 23, 3, 5), (2, 20, 20, 5, 4)]:
         img = torch.randn(b, 3, h, w, generator=g)
         init = torch.rand(b, 1, h, w, generator=g)
         box = (torch.rand(b, 1, h, w, generator=g) > 0.2).float()
         got = mean_field_refine(img, init, box, kernel_size=k, zeta=0.5, num_iter=iters, low=0.01, high=0.99)
         want = _unfold_mean_field(img, init, box, k, 0.5, iters, 0.01, 0.99)
-        if k == 3:  # the recipe's kernel: the same sums in the same order, bit for bit
+        if k == 3 and w % 8 == 0:  # the recipe's window and sizes: the same sums in the same order, bit for bit
             assert torch.equal(got, want)
-        else:
+        else:  # a row length off the SIMD width, or a larger window: the reductions' tails round differently
             assert torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(got, init)  # the refinement did move the estimate
