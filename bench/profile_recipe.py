@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 #: its component, so a forward pass inside the quality terms counts as "quality-term passes".
 JOB_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("start-up imports", ("_find_and_load", "_call_with_frames_removed (<frozen importlib")),
+    ("validation (labelling the val boxes)", ("validation_step (",)),
     ("quality-term passes", ("quality_terms (",)),
     ("colour model", ("colour_refine (", "colour_agreement (")),
     ("mean-field refinement (labelling)", ("refined (",)),
@@ -42,7 +43,8 @@ JOB_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("RLE + writing labels", ("encode (", "write_labels (", "_records (", "label_record (", "assemble (",
                               "merged_records (", "atomic_write")),
     ("review page + overlays", ("_write_review (", "write_review (", "save_overlays (", "draw_overlay (")),
-    ("network forward", ("forward (mal_core/model", "predict_logits (", "raw_logits (")),
+    ("network forward (labelling: main pass; training: student + teacher)",
+     ("forward (mal_core/model", "predict_logits (", "raw_logits (", "training_step (")),
     ("MIL/other losses", ("mal_objective (",)),
     ("validation metrics", ("gt_scores (", "region_iou (", "update (torchmetrics")),
     ("logging", ("log (pytorch_lightning", "log_metrics (", "_log_dict", "save (lightning_fabric/loggers",
