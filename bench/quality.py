@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     terms = sorted({k for a in labelled for k in a.get("quality", {})})
     mal["spearman_terms"] = {k: spearman([a["quality"][k] for a in labelled], ious) for k in terms}
     rows = {"MAL (" + cfg.model.arch + ")": mal, **base}
-    budget = train.details.get("time_budget") or {}
+    budget = train.artifacts.get("time_budget") or {}
     epochs = budget.get("epochs_run") or cfg.train.num_epochs
     print(f"\nval set: {name}, {int(mal['num_instances'])} instances; train: "
           f"{train.details['num_train_instances']} boxes x {epochs} epochs in {train_s:.0f} s"

@@ -147,7 +147,7 @@ def run_demo(out: str | Path = "demo_output", spec_path: str | None = None, over
     print(f"held-out:     MAL {held_ev.metrics['mIoU']:.3f}   vs box-fill baseline {held_box['mIoU']:.3f}   "
           f"({int(held_ev.metrics['num_instances'])} instances of the untuned '{HELDOUT_FAMILY}' family, "
           "same model, never trained on)")
-    plan = train.details.get("time_budget") or {}
+    plan = train.artifacts.get("time_budget") or {}
     epochs = plan.get("epochs_run")
     print(f"trained:      {epochs if epochs is not None else cfg.train.num_epochs} epochs "
           f"({train.details['num_train_instances']} boxes)"

@@ -75,7 +75,7 @@ def test_budget_plans_the_epochs_after_the_warmup_and_validates_the_last(tmp_pat
     clock = FakeClock(batch_s=10.0, val_batch_s=3.0)
     result, cfg = _train(tmp_path, clock, monkeypatch, **{"train.num_epochs": 40, "train.warmup_epochs": 2,
                                                      "train.validation_interval": 4, "train.time_budget_s": 400})
-    summary = result.details["time_budget"]
+    summary = result.artifacts["time_budget"]
     batches = math.ceil(result.details["num_train_instances"] / 8)
     epoch_s = 10.0 * batches
     # the plan after 2 warmup epochs: the time left (less the 3% reserve) over measured epochs and, with no
@@ -97,6 +97,13 @@ def test_budget_plans_the_epochs_after_the_warmup_and_validates_the_last(tmp_pat
     step = round(mid * batches) - 1  # the step whose end is at epoch `mid`
     assert clock.lrs[step] == pytest.approx(lr_at(mid, peak=peak, floor=floor, warmup_epochs=2, num_epochs=want),
                                             rel=1e-6)
+    # the plan travels with the checkpoints: re-running the finished job trains nothing more (not a new budget)
+    from mal_core.engine.train import run_train
+
+    again = run_train(cfg, callbacks=[FakeClock(batch_s=10.0, val_batch_s=3.0)])
+    assert again.artifacts["resumed_from"] and again.artifacts["time_budget"]["epochs_run"] == 0
+    assert read_history(Path(result.results_dir)) == history
+    assert again.metrics["mIoU"] == history[-1]["mIoU"]
 
 
 def test_a_slower_stretch_ends_early_with_a_warning_and_a_validated_checkpoint(tmp_path: Path,
@@ -104,9 +111,35 @@ def test_a_slower_stretch_ends_early_with_a_warning_and_a_validated_checkpoint(t
     clock = FakeClock(batch_s=10.0, val_batch_s=1.0, slow_from=3, slow_batch_s=40.0)
     result, _ = _train(tmp_path, clock, monkeypatch, **{"train.num_epochs": 40, "train.warmup_epochs": 1,
                                                      "train.validation_interval": 100, "train.time_budget_s": 500})
-    summary = result.details["time_budget"]
+    summary = result.artifacts["time_budget"]
     assert summary["ended_early"] and summary["epochs_run"] < summary["planned_epochs"]
     assert any("ended at epoch" in w for w in result.warnings)
     history = read_history(Path(result.results_dir))
     assert [h["epoch"] for h in history] == [summary["epochs_run"] - 1]  # only the final epoch validated
     assert list_checkpoints(result.results_dir)[-1][0] == summary["epochs_run"] - 1
+
+
+def test_ddp_processes_follow_rank_zeros_plan(tmp_path: Path) -> None:
+    """Two CPU processes (gloo) on a real clock: each measures its own epochs, but they must stop at the same
+    epoch (a process that planned one epoch more would wait forever in its next collective)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mal_core.skill.testing import last_json_line
+
+    root = Path(__file__).resolve().parents[1]
+    spec = {**TINY_OVERRIDES, **tiny_dataset(tmp_path / "data"), "train.num_gpus": 2, "train.num_epochs": 500,
+            "train.warmup_epochs": 1, "train.validation_interval": 1000, "train.checkpoint_interval": 1000,
+            "train.time_budget_s": 45}
+    proc = subprocess.run([sys.executable, str(root / "runners" / "train.py"), "--jobs-root", str(tmp_path / "jobs"),
+                           "--job-id", "ddp", "--automl-policy", "off", "--spec-overrides", json.dumps(spec)],
+                          cwd=root, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "MAL_PROGRESS_BAR": "0"})
+    result = last_json_line(proc.stdout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    history = read_history(tmp_path / "jobs" / "ddp")
+    assert len(history) == 1 and 1 < history[0]["epoch"] + 1 < 500  # fitted, stopped together, final validated
+    assert list_checkpoints(tmp_path / "jobs" / "ddp")[-1][0] == history[0]["epoch"]
+    assert result["status"] == "success"

@@ -7,7 +7,10 @@ time is measured when a validation has run, and estimated until then as one trai
 worth of validation boxes (the labelling pipeline costs about a training step per box). Each epoch start checks
 the plan against the clock: an epoch that would leave too little time (the whole budget, the reserve included) for
 the next one and the final validation becomes the last (a shared CPU, a slower stretch of data), with a warning.
-The last epoch always validates (and :class:`~mal_core.engine.checkpoints.MALCheckpoint` always saves it).
+The last epoch always validates (and :class:`~mal_core.engine.checkpoints.MALCheckpoint` always saves it). Under
+DDP, rank 0's plan and its early-end decisions are broadcast, so every process runs the same epochs. The plan is
+saved with each checkpoint: a resumed run continues it (the budget then counts from the resumed run's start), and
+re-running a finished job trains nothing more.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class BudgetState:
 
     epoch_seconds: list[float] = field(default_factory=list)
     val_seconds: list[float] = field(default_factory=list)
-    planned: int | None = None
+    planned: int | None = None  # the epochs the run is to end at (saved in checkpoints)
+    first_plan: int | None = None  # the plan made after the warmup (reported)
     ended_early: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -108,6 +112,20 @@ class TimeBudget(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._max_epochs = int(trainer.max_epochs or 1)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the plan, so that a resumed run keeps its epoch count and cosine."""
+        return {"planned": self.state.planned}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resumed run's plan (None when the run stopped before planning)."""
+        self.state.planned = state_dict.get("planned")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.state.planned is not None:  # resumed after the plan: the same epochs and cosine (a finished run
+            self.set_schedule_epochs(self.state.planned)  # trains nothing more)
+            trainer.fit_loop.max_epochs = self.state.planned
+            log.info("train.time_budget_s: resuming the plan of %d epochs", self.state.planned)
+
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._val_start = self.clock()
@@ -128,13 +146,14 @@ class TimeBudget(pl.Callback):
             this_val = self.val_estimate() if (epoch + 1) % self.interval == 0 else 0.0
             need = 2 * self.epoch_estimate() + this_val + self.val_estimate()  # this epoch, the next, final val
             left = self.seconds_left(reserve=False)  # the plan kept the reserve: it absorbs small drifts
-            if left < need:
+            if trainer.strategy.broadcast(left < need, src=0):  # every process stops at the same epoch (DDP)
                 message = (f"train.time_budget_s: ended at epoch {epoch + 1} of the planned {self.state.planned} "
                            f"(epochs ran slower than measured: {left:.1f} s left, this epoch and the next with the "
                            f"final validation need {need:.1f} s)")
                 log.warning("%s", message)
                 self.state.warnings.append(message)
                 self.state.ended_early = True
+                self.state.planned = epoch + 1  # a re-run of the job continues from here, not to the first plan
                 trainer.fit_loop.max_epochs = epoch + 1
         if epoch + 1 >= trainer.max_epochs and (epoch + 1) % trainer.check_val_every_n_epoch != 0:
             trainer.check_val_every_n_epoch = 1  # the last epoch always validates
@@ -146,7 +165,8 @@ class TimeBudget(pl.Callback):
             return
         planned = plan_epochs(done=done, max_epochs=self._max_epochs, seconds_left=self.seconds_left(),
                               epoch_s=self.epoch_estimate(), val_s=self.val_estimate(), interval=self.interval)
-        self.state.planned = planned
+        planned = int(trainer.strategy.broadcast(planned, src=0))  # rank 0's plan for every process (DDP)
+        self.state.planned = self.state.first_plan = planned
         self.set_schedule_epochs(planned)
         trainer.fit_loop.max_epochs = planned
         log.info("train.time_budget_s %.0f s: %d epochs planned (of at most %d; %.1f s per epoch, %.1f s per "
@@ -156,7 +176,7 @@ class TimeBudget(pl.Callback):
     def summary(self) -> dict[str, Any]:
         """What the job reports: the budget, the plan, the epochs run and whether the run ended before its plan."""
         s = self.state
-        return {"time_budget_s": self.budget_s, "planned_epochs": s.planned, "epochs_run": len(s.epoch_seconds),
+        return {"time_budget_s": self.budget_s, "planned_epochs": s.first_plan, "epochs_run": len(s.epoch_seconds),
                 "max_epochs": self._max_epochs, "ended_early": s.ended_early,
                 "epoch_seconds": round(self.epoch_estimate(), 2) if s.epoch_seconds else None,
                 "validation_seconds": round(self.val_estimate(), 2) if s.epoch_seconds else None}

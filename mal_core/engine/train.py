@@ -92,10 +92,10 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     budget = None
     if t.time_budget_s > 0:
         n_val = len(val_coco.instances) if val_coco else 0
-        budget = time_budget.TimeBudget(t.time_budget_s, started, warmup_epochs=t.warmup_epochs,
-                            validation_interval=t.validation_interval,
-                            set_schedule_epochs=lambda n: setattr(module, "schedule_epochs", n),
-                            val_per_epoch=n_val / max(len(train_coco.instances), 1))
+        budget = time_budget.TimeBudget(
+            t.time_budget_s, started, warmup_epochs=t.warmup_epochs, validation_interval=t.validation_interval,
+            set_schedule_epochs=lambda n: setattr(module, "schedule_epochs", n),
+            val_per_epoch=n_val / max(len(train_coco.instances), 1))
     own_callbacks = [ckpt_cb, budget] if budget else [ckpt_cb]
     trainer = build_trainer(
         results_dir, devices, use_amp=t.use_amp, callbacks=[*own_callbacks, *(callbacks or [])],
@@ -113,7 +113,8 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
                  "latest_checkpoint": str(latest) if latest.exists() else (ckpts[-1] if ckpts else None),
                  "best_checkpoint": best_checkpoint(results_dir),
                  "validation_history": str(history) if history.exists() else None,
-                 "resumed_from": str(resume) if resume else None}
+                 "resumed_from": str(resume) if resume else None,
+                 "time_budget": budget.summary() if budget else None}
     return EngineResult(
         results_dir=str(results_dir), artifacts=artifacts,
         metrics=_reported_metrics(module.last_metrics, artifacts, results_dir),
@@ -122,7 +123,6 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         details={"num_train_instances": len(train_coco.instances),
                  "num_val_instances": len(val_coco.instances) if val_coco else 0,
                  "pretrained": init_report.summary() if init_report else None,
-                 "time_budget": budget.summary() if budget else None,
                  "seconds": round(time.time() - t0, 2)},
     )
 

@@ -31,6 +31,17 @@ from mal_core.utils.stop import Interrupted, catch_stop_signals, raise_if_stoppe
 
 log = logging.getLogger("mal.runner")
 SKILL_ROOT = Path(__file__).resolve().parents[2]
+#: The job id a run hands to the DDP worker processes Lightning starts by re-running its command line.
+DDP_JOB_ENV = "MAL_DDP_JOB_ID"
+
+
+def ddp_worker_job() -> str | None:
+    """The running job's id when this process is a DDP worker that Lightning started for it (``LOCAL_RANK`` > 0
+    and the job id handed down); None for an ordinary run. A worker takes no job lock and writes no record or
+    result line: the run that started it holds the job."""
+    if os.environ.get("LOCAL_RANK", "0") not in ("", "0"):
+        return os.environ.get(DDP_JOB_ENV) or None
+    return None
 OOM_HINT = "lower dataset.crop_size (512 -> 384 -> 256) or use a smaller model.arch (e.g. vit-mae-base/16 " \
            "instead of large)"
 
@@ -203,7 +214,8 @@ def main(action: str, argv: list[str] | None = None) -> int:
             logging.getLogger().removeHandler(h)
             h.close()
     out["seconds"] = round(time.time() - t0, 2)
-    print(json.dumps(json_safe(out), default=str), file=real_stdout, flush=True)
+    if ddp_worker_job() is None:  # one result line per run: the DDP workers' run reports for them
+        print(json.dumps(json_safe(out), default=str), file=real_stdout, flush=True)
     return code
 
 
@@ -222,6 +234,10 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
         if args.dry_run:
             out.update(status="planned", plan=plan)
             return 0
+        if ddp_worker_job() is not None:  # the job, its lock and its record belong to the run that started us
+            run_direct(action, spec)
+            out.update(status="success")
+            return 0
         from mal_core.skill.preflight import preflight
 
         jobs_root = default_jobs_root(args.jobs_root)
@@ -237,6 +253,7 @@ def _main(action: str, argv: list[str], out: dict[str, Any], handlers: list[logg
                          resume_key=key_fn(spec.cfg) if key_fn is not None else None)
         handlers.append(job.log_handler())
         logging.getLogger().addHandler(handlers[-1])
+        os.environ[DDP_JOB_ENV] = job.job_id  # the DDP workers Lightning may start re-run this command for this job
         spec_file = job.dir / "spec.yaml"
         from mal_core.utils.io import atomic_write_text
 
@@ -327,7 +344,8 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
     overrides = collect_overrides(args, decl.shorthand(info.spec_shorthand_keys))
     tree, explicit = assemble_spec(action, args.spec, overrides, root)
     jobs_root = default_jobs_root(args.jobs_root)
-    job_id = check_job_id(args.job_id) if args.job_id is not None else new_job_id(action)  # "" is refused
+    job_id = ddp_worker_job() or (check_job_id(args.job_id) if args.job_id is not None  # "" is refused
+                                  else new_job_id(action))
     results_dir = jobs_root / job_id
     res.update(job_id=job_id, results_dir=str(results_dir), spec_path=str(results_dir / "spec.yaml"))
     given = {KEY_ALIASES.get(k, k) for k, _ in overrides}
