@@ -77,15 +77,13 @@ class TimeBudget(pl.Callback):
     """
 
     def __init__(self, budget_s: float, started_at: float, *, warmup_epochs: float, validation_interval: int,
-                 set_schedule_epochs: Callable[[int], None], val_per_epoch: float,
-                 clock: Callable[[], float] | None = None) -> None:
+                 set_schedule_epochs: Callable[[int], None], val_per_epoch: float) -> None:
         self.budget_s = float(budget_s)
         self.started_at = started_at
         self.plan_after = max(1, math.ceil(warmup_epochs))
         self.interval = max(1, int(validation_interval))
         self.set_schedule_epochs = set_schedule_epochs
         self.val_per_epoch = float(val_per_epoch)
-        self.clock = clock or (lambda: budget_clock())
         self.state = BudgetState()
         self._epoch_start = 0.0
         self._val_start: float | None = None
@@ -96,7 +94,7 @@ class TimeBudget(pl.Callback):
     def seconds_left(self, reserve: bool = True) -> float:
         """Budget left now, less (``reserve``) the share kept back for the end of the run."""
         kept = self.budget_s * RESERVE_FRACTION if reserve else 0.0
-        return self.budget_s - kept - (self.clock() - self.started_at)
+        return self.budget_s - kept - (budget_clock() - self.started_at)
 
     def epoch_estimate(self) -> float:
         """Seconds of one training epoch: the mean of the epochs after the first (which pays start-up costs), or
@@ -128,18 +126,18 @@ class TimeBudget(pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._val_start = self.clock()
+            self._val_start = budget_clock()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._val_start is not None:
-            seconds = self.clock() - self._val_start
+            seconds = budget_clock() - self._val_start
             self.state.val_seconds.append(seconds)
             self._val_this_epoch += seconds
             self._val_start = None
 
     # ----- deciding -----------------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start = self.clock()
+        self._epoch_start = budget_clock()
         self._val_this_epoch = 0.0
         epoch = trainer.current_epoch
         if self.state.planned is not None and epoch + 1 < trainer.max_epochs and self.state.epoch_seconds:
@@ -159,7 +157,7 @@ class TimeBudget(pl.Callback):
             trainer.check_val_every_n_epoch = 1  # the last epoch always validates
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.state.epoch_seconds.append(self.clock() - self._epoch_start - self._val_this_epoch)
+        self.state.epoch_seconds.append(budget_clock() - self._epoch_start - self._val_this_epoch)
         done = trainer.current_epoch + 1
         if self.state.planned is not None or done < self.plan_after:
             return
