@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from mal_core.data.coco import encode_rle, load_coco
+from mal_core.data.decisions import DECISIONS, DECISIONS_FILE, decisions_document
 from mal_core.engine.quality import confidence_margin, mask_agreement, quality_score
 from mal_core.engine.review import write_review_page
 
@@ -48,10 +49,22 @@ def test_review_page_lists_the_lowest_scores_first(tmp_path):
                  "categories": [{"id": 3, "name": "cup"}]}
     (tmp_path / "ann.json").write_text(json.dumps(coco_json))
     coco = load_coco(tmp_path / "ann.json", img_dir)
-    page = write_review_page(coco, anns, tmp_path / "review", limit=2)
+    anns[1]["flags"], anns[1]["expected_iou"] = ["empty", "partial_box"], 0.25
+    page = write_review_page(coco, anns, tmp_path / "review", limit=2, labels_file="out</script>.json",
+                             header_lines=["mean IoU <b>0.71</b>"])
     text = page.read_text()
-    assert re.findall(r"thumbs/(\d+)\.png", text) == ["12", "13"]  # ascending score, limited to 2
-    assert "score 0.100" in text and "cup" in text and "of 3 labels" in text
+    data = json.loads(re.search(r'<script type="application/json" id="review-data">(.*?)</script>', text).group(1))
+    assert [d["id"] for d in data] == [12, 13] and [d["rank"] for d in data] == [1, 2]  # ascending, limited to 2
+    assert data[0]["score"] == 0.1 and data[0]["category"] == "cup" and data[0]["file"] == "a.png"
+    assert data[0]["flags"] == ["empty", "partial_box"] and data[0]["expected_iou"] == 0.25
+    assert data[1]["flags"] == [] and data[1]["expected_iou"] is None and data[1]["quality"].startswith("flip 0.50")
+    assert "of 3 labels" in text and "mean IoU &lt;b&gt;0.71&lt;/b&gt;" in text  # header lines are escaped
+    config = json.loads(re.search(r'id="review-config">(.*?)</script>', text).group(1))
+    assert config["labels"] == "out</script>.json" and text.count("</script>") == 3  # the name cannot close it
+    assert (config["decisions"], config["file"]) == (list(DECISIONS), DECISIONS_FILE)
+    doc = decisions_document("x", {})
+    assert (config["kind"], config["version"]) == (doc["kind"], doc["version"])
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # self-contained: nothing external
     assert sorted(p.name for p in (tmp_path / "review" / "thumbs").iterdir()) == ["12.png", "13.png"]
     with Image.open(tmp_path / "review" / "thumbs" / "12.png") as im:
         px = np.asarray(im.convert("RGB")).astype(int)

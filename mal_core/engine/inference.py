@@ -200,4 +200,5 @@ def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths:
 
         artifacts["review_page"] = str(write_review_page(
             light, shown, results_dir / REVIEW_DIR, inf.max_review_items,
-            title=f"Mask review: {Path(inf.ann_path).name}", total=artifacts["num_labelled"]))
+            title=f"Mask review: {Path(inf.ann_path).name}", total=artifacts["num_labelled"],
+            labels_file=Path(inf.label_dump_path).name))
