@@ -2,7 +2,8 @@
 
 Run ``python -m codegen`` (or ``mal codegen``) after changing a parameter; ``--check`` only reports stale files.
 Outputs: ``schemas/<action>.schema.json``, ``schemas/manifest.json``, ``references/spec_template_<action>.yaml``,
-``references/skill_info.yaml``, ``runners/<action>.py`` and the generated tables of ``skill.md``.
+``references/skill_info.yaml``, ``runners/<action>.py`` and the generated tables of ``skill.md`` and of the
+``references/*.md`` files it links (:data:`codegen.skill_md.DOCS`).
 
 Only ``mal_core.config`` is imported (never torch), so a run takes well under a second.
 """

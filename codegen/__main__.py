@@ -14,7 +14,7 @@ from codegen import COMMAND, REPO_ROOT, CodegenError
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=COMMAND, description="Regenerate schemas, templates, skill_info, runners and "
-                                "the generated tables of skill.md from the config dataclasses.")
+                                "the generated tables of skill.md and references/*.md from the config dataclasses.")
     p.add_argument("--check", action="store_true", help="write nothing; list stale or missing files and exit 1")
     p.add_argument("--root", type=Path, default=REPO_ROOT, help="skill root to write/check (default: this repo)")
     return p

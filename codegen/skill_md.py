@@ -1,8 +1,10 @@
-"""The generated tables of ``skill.md``: content between ``<!-- BEGIN GENERATED: name -->`` and
-``<!-- END GENERATED: name -->`` is replaced by a fresh render; everything else is hand-written prose.
+"""The generated tables of ``skill.md`` and of the ``references/*.md`` files it links: content between
+``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->`` is replaced by a fresh render; everything
+else is hand-written prose.
 
-Every table is rendered from the dataclass metadata, the action schemas and ``SKILL_INFO``, so the tables can't drift
-from what the runtime accepts. Each block must appear exactly once; a missing, duplicated or unknown block fails.
+Every table is rendered from the dataclass metadata, the action table, the action schemas and ``SKILL_INFO``, so the
+tables can't drift from what the runtime accepts. :data:`DOCS` says which blocks each document holds: each must appear
+there exactly once; a missing, duplicated or unknown block fails, and so does a document without :data:`NOTICE`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,26 @@ from typing import Any
 from codegen import CodegenError
 from codegen.manifest import runner_path, schema_path, template_path
 from codegen.schema import Node, walk
+from mal_core.config.actions import ACTIONS as ACTION_TABLE
 from mal_core.config.experiment import KEY_ALIASES
 from mal_core.config.skill_info import ACTIONS, SKILL_INFO, SkillInfo
+
+#: The Markdown documents codegen fills, by skill-root-relative path, with the generated blocks each holds (in
+#: reading order). ``skill.md`` keeps what an agent needs to pick and call an action; the references hold the detail.
+DOCS: dict[str, tuple[str, ...]] = {
+    "skill.md": ("actions", "parent_jobs", "training_requirements", "dataset_requirements", "spec_overrides",
+                 "important_parameters", "hardware", "error_patterns"),
+    "references/parameters.md": ("parameter_details", "multi_gpu"),
+    "references/automl.md": ("automl_parameters",),
+    "references/parent_jobs.md": ("inference_mappings",),
+}
+
+#: The comment every document of :data:`DOCS` must carry (near its top) so a reader knows which parts are generated.
+NOTICE = (
+    "<!-- The blocks between GENERATED markers are rendered by `python -m codegen` from mal_core/config (the "
+    "dataclasses,\nactions.py and skill_info.py). Edit the Python source and re-run; hand edits inside a block are "
+    "overwritten and\nfail `--check`. -->"
+)
 
 #: Parameters listed in the "Important Parameters" table, in this order (canonical keys).
 IMPORTANT_PARAMETERS: tuple[str, ...] = (
@@ -168,8 +188,13 @@ def block_spec_overrides(schemas: dict[str, dict[str, Any]], info: SkillInfo) ->
     return "\n".join(lines).rstrip("\n")
 
 
-def block_important_parameters(schemas: dict[str, dict[str, Any]], info: SkillInfo) -> str:
-    """Key parameters with default, range/options, AutoML status and meaning."""
+def first_sentence(text: str) -> str:
+    """The first sentence of a parameter description (up to the first ``". "``), for the short table."""
+    head, sep, _ = text.partition(". ")
+    return head + "." if sep else text
+
+
+def _parameter_rows(schemas: dict[str, dict[str, Any]], *, full: bool) -> list[list[str]]:
     nodes = _nodes()
     rows = []
     for key in IMPORTANT_PARAMETERS:
@@ -179,16 +204,43 @@ def block_important_parameters(schemas: dict[str, dict[str, Any]], info: SkillIn
         default = schemas["train"]["default"]
         for part in key.split("."):
             default = default[part]
+        meaning = node.meta["description"]
         rows.append(
             [
                 _key_cell(key),
                 _code(default),
                 _range(node),
                 _AUTOML_WORDS[node.meta.get("automl_enabled")],
-                node.meta["description"],
+                meaning if full else first_sentence(meaning),
             ]
         )
-    return _table(["Key", "Default", "Range / options", "AutoML", "Meaning"], rows)
+    return rows
+
+
+def block_important_parameters(schemas: dict[str, dict[str, Any]], info: SkillInfo) -> str:
+    """Key parameters with default, range/options, AutoML status and the first sentence of their meaning."""
+    return _table(["Key", "Default", "Range / options", "AutoML", "Meaning"], _parameter_rows(schemas, full=False))
+
+
+def block_parameter_details(schemas: dict[str, dict[str, Any]], info: SkillInfo) -> str:
+    """The key parameters again, with their whole description."""
+    return _table(["Key", "Default", "Range / options", "AutoML", "Meaning"], _parameter_rows(schemas, full=True))
+
+
+def block_parent_jobs(schemas: dict[str, dict[str, Any]], info: SkillInfo) -> str:
+    """Per action: which jobs ``--parent-job-id`` may name, what each hands on, and the spec key it fills."""
+    rows = []
+    for action in ACTIONS:
+        decl = ACTION_TABLE[action]
+        parents = []
+        for parent in decl.parents:
+            hands_on = ACTION_TABLE[parent].hands_on
+            if hands_on is None:
+                raise CodegenError(f"{action} names {parent!r} as a parent, but a {parent} job hands nothing on")
+            what = f"`{hands_on.artifact}`" if hands_on.artifact else "checkpoint"
+            parents.append(f"{parent} ({what})")
+        rows.append([action, ", ".join(parents) or "-", f"`{decl.parent_key}`" if decl.parents else "-"])
+    return _table(["Action", "Parent job (what it hands on)", "Fills"], rows)
 
 
 def block_automl_parameters(schemas: dict[str, dict[str, Any]], info: SkillInfo) -> str:
@@ -266,9 +318,11 @@ def block_inference_mappings(schemas: dict[str, dict[str, Any]], info: SkillInfo
 BLOCKS: dict[str, Callable[[dict[str, dict[str, Any]], SkillInfo], str]] = {
     "training_requirements": block_training_requirements,
     "actions": block_actions,
+    "parent_jobs": block_parent_jobs,
     "dataset_requirements": block_dataset_requirements,
     "spec_overrides": block_spec_overrides,
     "important_parameters": block_important_parameters,
+    "parameter_details": block_parameter_details,
     "automl_parameters": block_automl_parameters,
     "multi_gpu": block_multi_gpu,
     "hardware": block_hardware,
@@ -277,33 +331,45 @@ BLOCKS: dict[str, Callable[[dict[str, dict[str, Any]], SkillInfo], str]] = {
 }
 
 
-def render_blocks(schemas: dict[str, dict[str, Any]], info: SkillInfo = SKILL_INFO) -> dict[str, str]:
-    """Fresh content of every generated block, by block name (no markers, no trailing newline)."""
-    return {name: fn(schemas, info) for name, fn in BLOCKS.items()}
+def render_blocks(schemas: dict[str, dict[str, Any]], info: SkillInfo = SKILL_INFO, doc: str = "skill.md"
+                  ) -> dict[str, str]:
+    """Fresh content of the generated blocks of document ``doc`` (a key of :data:`DOCS`), by block name (no
+    markers, no trailing newline)."""
+    return {name: BLOCKS[name](schemas, info) for name in _doc_blocks(doc)}
 
 
-def extract_blocks(text: str) -> dict[str, str]:
-    """Current content of the generated blocks of a skill.md text (validates the markers)."""
+def _doc_blocks(doc: str) -> tuple[str, ...]:
+    if doc not in DOCS:
+        raise CodegenError(f"{doc} is not a generated document; expected one of {sorted(DOCS)}")
+    return DOCS[doc]
+
+
+def extract_blocks(text: str, doc: str = "skill.md") -> dict[str, str]:
+    """Current content of the generated blocks of document ``doc``'s text (validates the markers and the notice)."""
+    expected = _doc_blocks(doc)
     markers = _MARKER_RE.findall(text)
     found: dict[str, str] = {}
     for match in _BLOCK_RE.finditer(text):
         name = match.group("name")
         if name in found:
-            raise CodegenError(f"skill.md: generated block {name!r} appears twice")
+            raise CodegenError(f"{doc}: generated block {name!r} appears twice")
         found[name] = match.group("body").removesuffix("\n")
     if len(markers) != 2 * len(found):
-        raise CodegenError("skill.md: unbalanced or malformed GENERATED markers")
-    unknown = sorted(set(found) - set(BLOCKS))
-    missing = sorted(set(BLOCKS) - set(found))
+        raise CodegenError(f"{doc}: unbalanced or malformed GENERATED markers")
+    unknown = sorted(set(found) - set(expected))
+    missing = sorted(set(expected) - set(found))
     if unknown or missing:
-        raise CodegenError(f"skill.md: unknown generated blocks {unknown}, missing blocks {missing}")
+        raise CodegenError(f"{doc}: unknown generated blocks {unknown}, missing blocks {missing}")
+    if NOTICE not in text:
+        raise CodegenError(f"{doc}: the notice saying which parts are generated is missing (codegen.skill_md.NOTICE)")
     return found
 
 
-def render_skill_md(text: str, schemas: dict[str, dict[str, Any]], info: SkillInfo = SKILL_INFO) -> str:
-    """``text`` with every generated block replaced by a fresh render; the prose is kept byte for byte."""
-    extract_blocks(text)
-    blocks = render_blocks(schemas, info)
+def render_markdown(text: str, schemas: dict[str, dict[str, Any]], doc: str, info: SkillInfo = SKILL_INFO) -> str:
+    """``text`` (document ``doc``) with every generated block replaced by a fresh render; the prose is kept byte for
+    byte."""
+    extract_blocks(text, doc)
+    blocks = render_blocks(schemas, info, doc)
 
     def _sub(match: re.Match[str]) -> str:
         name = match.group("name")
@@ -311,3 +377,8 @@ def render_skill_md(text: str, schemas: dict[str, dict[str, Any]], info: SkillIn
 
     out = _BLOCK_RE.sub(_sub, text)
     return out if out.endswith("\n") else out + "\n"
+
+
+def render_skill_md(text: str, schemas: dict[str, dict[str, Any]], info: SkillInfo = SKILL_INFO) -> str:
+    """:func:`render_markdown` for ``skill.md``."""
+    return render_markdown(text, schemas, "skill.md", info)

@@ -1,7 +1,8 @@
 """Render every output to ``{relative path: text}``, then write it or compare it with the files on disk.
 
 The repository root is a parameter everywhere (default :data:`codegen.REPO_ROOT`), so tests can target a copy.
-Only ``skill.md`` is read from the root (its prose is hand-written); everything else comes from Python.
+Only the Markdown documents of :data:`codegen.skill_md.DOCS` (``skill.md`` and the ``references/*.md`` files holding
+generated tables) are read from the root: their prose is hand-written; everything else comes from Python.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from codegen.manifest import build_manifest, runner_path, schema_path, template_
 from codegen.runners import render_runner
 from codegen.schema import build_schemas
 from codegen.skill_info_yaml import render_skill_info
-from codegen.skill_md import render_skill_md
+from codegen.skill_md import DOCS, render_markdown
 from codegen.templates import render_template
 
 SKILL_MD = "skill.md"
@@ -29,7 +30,7 @@ def dump_json(data: Any) -> str:
 
 
 def render_all(root: Path | str = REPO_ROOT) -> dict[str, str]:
-    """Every generated file's text by POSIX path relative to ``root``; ``root/skill.md`` must exist."""
+    """Every generated file's text by POSIX path relative to ``root``; the documents of ``DOCS`` must exist there."""
     root = Path(root)
     schemas = build_schemas()
     out: dict[str, str] = {}
@@ -39,10 +40,11 @@ def render_all(root: Path | str = REPO_ROOT) -> dict[str, str]:
         out[runner_path(action)] = render_runner(action)
     out[MANIFEST] = dump_json(build_manifest(schemas))
     out[SKILL_INFO_YAML] = render_skill_info()
-    md = root / SKILL_MD
-    if not md.is_file():
-        raise CodegenError(f"{md} is missing: skill.md holds hand-written prose and cannot be generated from scratch")
-    out[SKILL_MD] = render_skill_md(md.read_text(encoding="utf-8"), schemas)
+    for doc in DOCS:
+        md = root / doc
+        if not md.is_file():
+            raise CodegenError(f"{md} is missing: {doc} holds hand-written prose and cannot be generated from scratch")
+        out[doc] = render_markdown(md.read_text(encoding="utf-8"), schemas, doc)
     return dict(sorted(out.items()))
 
 

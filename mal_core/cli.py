@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     demo.add_argument("--spec", "-e", default=None, help="recipe to train with (default: examples/cpu_tiny.yaml)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    cg = sub.add_parser("codegen", help="regenerate schemas, templates, skill_info, runners and skill.md tables")
+    cg = sub.add_parser("codegen", help="regenerate schemas, templates, skill_info, runners and the tables of "
+                        "skill.md and references/*.md")
     cg.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
     sub.add_parser("evals", help="run the agent evals of evals/evals.json as dry runs (options: `mal evals --help`)")
     return parser
