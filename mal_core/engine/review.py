@@ -397,7 +397,9 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
         arr = read_rgb(coco.img_dir / images[image_id]["file_name"])
         for ann in anns:
             pil = render_thumbnail(arr, ann)
-            atomic_write(thumbs / f"{ann['id']}.png", lambda tmp, pil=pil: pil.save(tmp, format="PNG"))
+            # zlib level 1: ~40% less time than the default 6 on a photo crop, for ~10% more bytes
+            atomic_write(thumbs / f"{ann['id']}.png",
+                         lambda tmp, pil=pil: pil.save(tmp, format="PNG", compress_level=1))
     data = []
     for rank, ann in enumerate(shown, 1):
         eiou = ann.get("expected_iou")
