@@ -27,3 +27,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf demo_output bench_output mal_jobs
+
+# Chromium + chromedriver for tests/test_review_browser.py (Debian packages; CI runs as root with Debian's mirrors)
+.PHONY: browser-deps
+browser-deps:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+test: browser-deps
