@@ -99,14 +99,14 @@ h1{font-size:20px;margin:0 0 6px}
 #msg.err{color:#b71c1c;font-weight:600}
 #msg.ok{color:#2e7d32}
 .help{font-size:12px;color:#5f6b76;padding:6px 20px 0}
-main{display:grid;grid-template-columns:repeat(auto-fill,186px);gap:12px;padding:12px 20px 40px}
-.card{width:186px;background:#fff;border:3px solid #d5d9de;border-radius:8px;padding:8px;display:flex;
- flex-direction:column;gap:4px;font-size:12px;content-visibility:auto;contain-intrinsic-size:auto 186px auto 330px;
+main{display:grid;grid-template-columns:repeat(auto-fill,206px);gap:12px;padding:12px 20px 40px}
+.card{width:206px;background:#fff;border:3px solid #d5d9de;border-radius:8px;padding:8px;display:flex;
+ flex-direction:column;gap:4px;font-size:12px;content-visibility:auto;contain-intrinsic-size:auto 206px auto 320px;
  position:relative}
 .card[hidden]{display:none}
 .card:focus{outline:3px solid #1e88e5;outline-offset:2px}
-.thumb{width:164px;height:164px;object-fit:contain;background:#222;border-radius:4px;display:block}
-.badge{position:absolute;top:12px;left:12px;padding:1px 7px;border-radius:10px;color:#fff;font-weight:600;
+.thumb{width:164px;height:164px;object-fit:contain;background:#222;border-radius:4px;display:block;align-self:center}
+.badge{position:absolute;top:12px;left:20px;padding:1px 7px;border-radius:10px;color:#fff;font-weight:600;
  font-size:11px;display:none}
 .cap{line-height:1.35;overflow-wrap:anywhere}
 .cap .file{color:#5f6b76;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
@@ -115,8 +115,8 @@ main{display:grid;grid-template-columns:repeat(auto-fill,186px);gap:12px;padding
 .flags{display:flex;flex-wrap:wrap;gap:3px}
 .flag{background:#fff3e0;color:#8d4b00;border:1px solid #ffcc80;border-radius:8px;padding:0 6px;font-size:11px}
 .btns{display:flex;gap:3px;margin-top:auto}
-.btns button{flex:1;font:inherit;font-size:11px;padding:4px 2px;border:1px solid #b8bfc7;border-radius:4px;
- background:#f7f8f9;cursor:pointer}
+.btns button{flex:auto;font:inherit;font-size:11px;padding:4px 3px;white-space:nowrap;min-width:0;
+ border:1px solid #b8bfc7;border-radius:4px;background:#f7f8f9;cursor:pointer}
 .btns button:hover{background:#e6e9ec}
 """
 
@@ -368,8 +368,8 @@ def _decision_css() -> str:
         c = _COLOURS[d]
         rules.append(f'.card[data-decision="{d}"]{{border-color:{c};background:{c}14}}'
                      f'.card[data-decision="{d}"] .badge{{display:block;background:{c}}}'
-                     f'.card[data-decision="{d}"] button[data-d="{d}"]{{background:{c};border-color:{c};color:#fff;'
-                     f'font-weight:600}}#count-{d}{{color:{c}}}.count-{d}{{background:{c}1f}}')
+                     f'.card[data-decision="{d}"] button[data-d="{d}"]{{background:{c};border-color:{c};color:#fff}}'
+                     f'#count-{d}{{color:{c}}}.count-{d}{{background:{c}1f}}')
     return "".join(rules)
 
 
