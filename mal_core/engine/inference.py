@@ -10,6 +10,13 @@ The images are split into shards of ``inference.shard_size`` (:mod:`mal_core.eng
 labelled by the labelling core (:mod:`mal_core.engine.labelling`), in this process or in Ray workers
 (``inference.num_workers``, :mod:`mal_core.engine.label_workers`), and saved at once. A re-run with the same inputs
 and settings labels only the unfinished shards; the final file is assembled by streaming the shard files.
+
+Each label also carries its box/mask ``consistency`` terms and ``flags`` (:mod:`mal_core.engine.consistency`) and,
+when a calibration applies (:mod:`mal_core.engine.calibration`: fitted on this run's GT masks with
+``inference.load_mask``, written as ``calibration.json`` into the job folder, or a ``calibration.json`` of the same
+checkpoint beside it), its ``expected_iou``, added while the file is assembled. The result's ``label_summary``
+(flag counts, per-class count / mean score / flags / mIoU / expected mIoU, the review curve) adds up the histograms
+of the shard headers, so memory does not grow with the number of boxes; the review page shows its lines on top.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ import torch
 
 from mal_core.config.actions import ACTIONS
 from mal_core.config.experiment import ExperimentConfig
+from mal_core.config.loader import spec_to_dict
 from mal_core.data.coco import CocoDataset
 from mal_core.data.loading import load_eval_coco
+from mal_core.engine.calibration import Calibration, LabelStats, job_calibration, review_lines
 from mal_core.engine.label_workers import ShardLabeller, label_on_ray
 from mal_core.engine.metrics import MIoUSums
 from mal_core.engine.progress import Progress
@@ -117,15 +126,20 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     summary, folder = done.summary, done.folder
     out_path = results_dir / inf.label_dump_path
     paths = [s.labels_path for s in done.shards]
-    assemble(folder, paths, out_path)
+    calibration, label_summary = job_calibration(summary.stats, done.base.categories, inf.checkpoint, results_dir,
+                                                 calibration_settings(cfg))
+    assemble(folder, paths, out_path, transform=with_expected_iou(calibration))
     artifacts: dict[str, Any] = {"label_dump": str(out_path), "checkpoint": str(inf.checkpoint),
                                  "num_labelled": summary.num_labelled, "shards": str(folder),
-                                 "labelling": done.totals}
+                                 "labelling": done.totals, "label_summary": label_summary}
+    if calibration is not None and summary.stats.num_with_gt:
+        artifacts["calibration"] = str(results_dir / "calibration.json")
     result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
     result.details.update(num_input_annotations=done.num_input, **done.totals)
     if inf.load_mask and summary.num_labelled:
         result.metrics = dict(summary.metric.compute())
-    _write_review(cfg, done.base, folder, paths, {pos for _score, pos in summary.lowest}, results_dir, artifacts)
+    _write_review(cfg, done.base, folder, paths, {pos for _score, pos in summary.lowest}, results_dir, artifacts,
+                  calibration)
     if inf.output_uri:
         from mal_core.engine.upload import upload_file
 
@@ -140,6 +154,7 @@ class LabelSummary:
 
     def __init__(self, num_categories: int, keep: int) -> None:
         self.metric = MIoUSums(num_categories)
+        self.stats = LabelStats(num_categories)  # per class and score bin: counts, GT IoU sums, flags
         self.box_metric = MIoUSums(num_categories)  # the box-fill baseline, same boxes
         self.fill_sum, self.fill_count = 0.0, 0
         self.keep = keep
@@ -159,6 +174,7 @@ class LabelSummary:
         fill_sum, fill_count = head.get("fill") or (0.0, 0)
         self.fill_sum, self.fill_count = self.fill_sum + float(fill_sum), self.fill_count + int(fill_count)
         self.lowest = heapq.nsmallest(self.keep, [*self.lowest, *(tuple(x) for x in head.get("lowest", []))])
+        self.stats.merge(head.get("label_stats"))
 
     def validation_metrics(self) -> dict[str, float]:
         """mIoU (+ size buckets, instance mean, count) with the box-fill baseline and the mean fraction of its box
@@ -169,9 +185,31 @@ class LabelSummary:
         return out
 
 
+def calibration_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a calibration file records of the run that fitted it: its labels' test-time settings and data."""
+    inf = cfg.inference
+    return {"fitted_on": str(inf.ann_path), "postprocess": spec_to_dict(cfg)["postprocess"],
+            "test_mode": {"use_teacher": inf.use_teacher_test, "use_mixed": inf.use_mixed_model_test,
+                          "use_flip": inf.use_flip_test}}
+
+
+def with_expected_iou(calibration: Calibration | None) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The assembly step that adds ``expected_iou`` to every scored annotation (None without a calibration)."""
+    if calibration is None:
+        return None
+
+    def add(ann: dict[str, Any]) -> dict[str, Any]:
+        if "score" in ann:
+            ann["expected_iou"] = round(float(calibration.expected(ann["score"])), 4)
+        return ann
+
+    return add
+
+
 def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths: list[Path], lowest: set[int],
-                  results_dir: Path, artifacts: dict[str, Any]) -> None:
-    """Overlays (first images by id) and the review page (lowest scores), reading only the labels they show."""
+                  results_dir: Path, artifacts: dict[str, Any], calibration: Calibration | None = None) -> None:
+    """Overlays (first images by id) and the review page (lowest scores, the label summary's lines on top),
+    reading only the labels they show."""
     inf = cfg.inference
     want_review = inf.review_page and artifacts["num_labelled"]
     if not inf.save_overlays and not want_review:
@@ -184,9 +222,11 @@ def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths:
         if inf.save_overlays else []
     overlay_images = set(labelled_images[:inf.max_overlays])
     shown, overlays = [], []
+    add_expected = with_expected_iou(calibration) or (lambda a: a)
     for pos, ann in merged_records(paths):
         if "score" not in ann:
             continue
+        ann = add_expected(ann)
         if pos in lowest:
             shown.append(ann)
         if ann["image_id"] in overlay_images:
@@ -201,4 +241,4 @@ def _write_review(cfg: ExperimentConfig, base: CocoDataset, folder: Path, paths:
         artifacts["review_page"] = str(write_review_page(
             light, shown, results_dir / REVIEW_DIR, inf.max_review_items,
             title=f"Mask review: {Path(inf.ann_path).name}", total=artifacts["num_labelled"],
-            labels_file=Path(inf.label_dump_path).name))
+            labels_file=Path(inf.label_dump_path).name, header_lines=review_lines(artifacts["label_summary"])))

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.data.coco import CocoDataset, encode_rle
 from mal_core.data.datasets import BoxCropDataset, collate_crops
+from mal_core.engine.calibration import LabelStats
 from mal_core.engine.labelling import BoxLabel, Labeller, TestTimeSettings, autocast_for, to_device
 from mal_core.engine.metrics import MIoUSums
 from mal_core.engine.progress import Progress
@@ -37,14 +38,15 @@ MAX_RETRIES = 3
 
 def label_annotation(coco: CocoDataset, label: BoxLabel) -> dict[str, Any]:
     """The output annotation of one label: the input annotation with the mask (full-image compressed RLE),
-    ``area``, ``score``, ``quality`` and (with GT) ``iou``; an input detector score becomes ``box_score``."""
+    ``area``, ``score``, ``quality``, ``consistency``, ``flags`` (:mod:`mal_core.engine.consistency`) and (with GT)
+    ``iou``; an input detector score becomes ``box_score``."""
     inst = coco.instances[label.index]
     mask = label.mask.full(inst.height, inst.width)
     ann = {k: v for k, v in coco.annotation(inst.ann_id).items() if k not in ("segmentation", "area", "score")}
     if inst.score is not None:
         ann["box_score"] = inst.score
     ann.update(segmentation=encode_rle(mask), area=int(mask.sum()), score=round(float(label.score), 6), iscrowd=0,
-               quality=label.quality)
+               quality=label.quality, consistency=label.consistency, flags=list(label.flags))
     if label.iou is not None:
         ann["iou"] = round(float(label.iou), 6)
     return ann
@@ -59,11 +61,12 @@ class ShardOutcome:
     box_metric: dict[str, list[float]] | None = None
     fill: tuple[float, int] = (0.0, 0)
     lowest: list[tuple[float, int]] = field(default_factory=list)
+    label_stats: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The JSON form stored in the shard file's header."""
         return {"num_labelled": self.num_labelled, "metric": self.metric, "box_metric": self.box_metric,
-                "fill": list(self.fill), "lowest": self.lowest}
+                "fill": list(self.fill), "lowest": self.lowest, "label_stats": self.label_stats}
 
 
 def shard_metric(num_categories: int, ious: list[tuple[float, int, float]]) -> dict[str, list[float]]:
@@ -105,6 +108,7 @@ class ShardLabeller:
         box_ious: list[tuple[float, int, float]] = []
         fills: list[float] = []
         scored: list[tuple[float, int]] = []
+        stats = LabelStats(coco.num_categories)
         if coco.instances:
             dataset = BoxCropDataset(coco, cfg.dataset.crop_size, train=False,
                                      test_margin_rate=cfg.postprocess.margin_rate, load_mask=inf.load_mask)
@@ -119,6 +123,7 @@ class ShardLabeller:
                         pos = positions[inst.ann_id]
                         records.append((pos, ann))
                         scored.append((ann["score"], pos))
+                        stats.add(inst.category_index, ann["score"], label.flags, label.iou)
                         if label.iou is not None and label.box_iou is not None and label.fill is not None:
                             ious.append((label.iou, inst.category_index, inst.box_area))
                             box_ious.append((label.box_iou, inst.category_index, inst.box_area))
@@ -127,7 +132,7 @@ class ShardLabeller:
                                metric=shard_metric(coco.num_categories, ious) if inf.load_mask else None,
                                box_metric=shard_metric(coco.num_categories, box_ious) if inf.load_mask else None,
                                fill=(float(sum(fills)), len(fills)),
-                               lowest=heapq.nsmallest(inf.max_review_items, scored))
+                               lowest=heapq.nsmallest(inf.max_review_items, scored), label_stats=stats.state())
         write_labels(shard.labels_path, key, shard.index, records, outcome.summary())
         return outcome
 

@@ -5,7 +5,8 @@ One pipeline for every route that turns crops into labels: Lightning's validatio
 the ONNX route (an :class:`~mal_core.engine.onnx_model.OnnxStudentTeacher` in place of the torch networks) and
 ``bench/``. The steps: the network's logits (student, teacher or both, optionally with the flip) -> the test-time
 colour model -> mean-field refinement -> paste into the image (threshold per size bucket, never outside the box)
--> the ground-truth-free quality terms -> the label score (:mod:`mal_core.engine.quality`).
+-> the ground-truth-free quality terms -> the label score (:mod:`mal_core.engine.quality`) -> the box/mask
+consistency terms and flags (:mod:`mal_core.engine.consistency`, on the pasted region).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any, Protocol
 import torch
 
 from mal_core.config.experiment import ExperimentConfig
+from mal_core.data.crops import box_pixel_span
 from mal_core.engine.colour_model import colour_agreement, colour_refine
+from mal_core.engine.consistency import consistency_terms
 from mal_core.engine.postprocess import PastedMask, box_fill, paste_masks, region_iou
 from mal_core.engine.quality import QUALITY_REFINE_ITERS, confidence_margin, mask_agreement, quality_score
 from mal_core.losses.crf import mean_field_refine
@@ -78,6 +81,8 @@ class BoxLabel:
     iou: float | None = None
     box_iou: float | None = None  # with a GT mask: the box itself as the mask (the box-fill baseline)
     fill: float | None = None  # with a GT mask: the fraction of its box the mask covers (collapse checks)
+    consistency: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
 
 
 class Labeller:
@@ -154,11 +159,23 @@ class Labeller:
                                                 else [(None, None, None)] * len(pasted))
         out = []
         for i, (p, (iou, box_iou, fill)) in enumerate(zip(pasted, gts, strict=True)):
-            out.append(BoxLabel(index=int(batch["index"][i]), mask=PastedMask(p.region, p.mask.cpu(), p.score),
-                                score=float(scores[i]) if bool(p.mask.any()) else 0.0,
+            mask = p.mask.cpu()
+            consistency, flags = region_consistency(mask, p.region, batch["box"][i])
+            out.append(BoxLabel(index=int(batch["index"][i]), mask=PastedMask(p.region, mask, p.score),
+                                score=float(scores[i]) if bool(mask.any()) else 0.0,
                                 quality={k: round(float(v[i]), 4) for k, v in terms_host.items()},
-                                iou=iou, box_iou=box_iou, fill=fill))
+                                iou=iou, box_iou=box_iou, fill=fill, consistency=consistency, flags=flags))
         return out
+
+
+def region_consistency(mask: torch.Tensor, region: tuple[int, int, int, int],
+                       box: torch.Tensor) -> tuple[dict[str, float], list[str]]:
+    """The consistency terms and flags of a pasted mask (its region's pixels) against its box (x0/y0/x1/y1 image
+    pixels)."""
+    bx0, bx1 = box_pixel_span(float(box[0]), float(box[2]))
+    by0, by1 = box_pixel_span(float(box[1]), float(box[3]))
+    x0, y0 = region[0], region[1]
+    return consistency_terms(mask.numpy(), (bx0 - x0, by0 - y0, bx1 - x0, by1 - y0))
 
 
 def gt_scores(pasted: list[PastedMask], batch: dict[str, Any]) -> list[tuple[float, float, float]]:

@@ -6,7 +6,8 @@ Layout inside the job's results folder, under :data:`SHARDS_DIR`:
 * ``input_<NNNNN>.json``: one shard's images, its boxes (the parsed, validated instances) and its raw annotations
   with their position in the input file.
 * ``labels_<NNNNN>.jsonl``: the shard's output, written atomically once the whole shard is labelled. Line 1 is a
-  header (format, the job's :func:`resume_key`, shard index, record count, metric state, the lowest scores); then
+  header (format, the job's :func:`resume_key`, shard index, record count, metric state, the lowest scores, the
+  label histograms of :class:`~mal_core.engine.calibration.LabelStats`); then
   one ``{"pos": p, "ann": {...}}`` line per output annotation, in input order (crowd regions pass through here).
 
 A shard whose labels file is complete and carries the same key is done: a re-run of the job labels only the
@@ -21,7 +22,7 @@ import hashlib
 import heapq
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from mal_core.utils.safe_paths import check_guarded
 
 __all__ = ["SHARDS_DIR", "Shard", "assemble", "read_labels_header", "resume_key", "write_plan"]
 HEADER_FILE = "header.json"
-#: Version of the shard files; a change makes older shards unusable for resume.
-SHARD_FORMAT = 1
+#: Version of the shard files; a change makes older shards unusable for resume (2: consistency terms and flags in
+#: every label, ``label_stats`` in the header).
+SHARD_FORMAT = 2
 #: Inference keys that change how a job runs or what else it writes, never a label: a re-run that changes only
 #: these continues the earlier attempt's shards.
 OPERATIONAL_KEYS = frozenset({
@@ -187,9 +189,11 @@ def merged_records(paths: list[Path]) -> Iterator[tuple[int, dict[str, Any]]]:
     return heapq.merge(*(iter_records(p) for p in paths), key=lambda r: r[0])
 
 
-def assemble(folder: Path, paths: list[Path], out_path: Path) -> int:
+def assemble(folder: Path, paths: list[Path], out_path: Path,
+             transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
     """Write the labelled COCO file ``out_path`` atomically: the header's keys in their order, with
-    ``annotations`` streamed from the labels files in input order; returns the number of annotations."""
+    ``annotations`` streamed from the labels files in input order (each through ``transform`` when given);
+    returns the number of annotations."""
     with open(folder / HEADER_FILE) as fh:
         header = json.load(fh)
     keys = list(header)
@@ -206,6 +210,7 @@ def assemble(folder: Path, paths: list[Path], out_path: Path) -> int:
                     continue
                 fh.write("[")
                 for i, (_pos, ann) in enumerate(merged_records(paths)):
+                    ann = transform(ann) if transform is not None else ann
                     fh.write(("," if i else "") + json.dumps(ann, allow_nan=False))
                     count += 1
                 fh.write("]")
