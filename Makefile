@@ -2,6 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The readers environment: Ultralytics (the yolo_seg reader of tests/test_convert.py) needs torchvision's metadata,
+# and the torchvision wheel on the registry is built for CUDA torch, which breaks transformers when installed beside
+# our CPU torch; so Ultralytics lives in its own venv that sees the runtime's packages through a .pth file.
+READERS := .venv-readers
+READERS_STAMP := $(READERS)/.installed-stamp
 
 .PHONY: demo test install lint clean
 
@@ -12,6 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+$(READERS_STAMP): $(STAMP) Makefile
+	test -x $(READERS)/bin/python || python3 -m venv $(READERS)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+		> "$$($(READERS)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/mal-runtime.pth"
+	$(READERS)/bin/python -m pip install -q --no-deps torchvision==0.28.0 ultralytics==8.4.190
+	touch $(READERS_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -20,7 +32,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: $(STAMP)
+test: $(STAMP) $(READERS_STAMP)
 	$(PY) -m codegen --check
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -420,6 +420,7 @@ def test_skill_info_content() -> None:
         "evaluate": {"results_dir": "output_dir", "evaluate.checkpoint": "parent_model"},
         "inference": {"results_dir": "output_dir", "inference.checkpoint": "parent_model",
                       "inference.label_dump_path": "create_inference_result_file_mal"},
+        "convert": {"results_dir": "output_dir"},
         "export": {"results_dir": "output_dir", "export.checkpoint": "parent_model"},
         "pretrain": {"results_dir": "output_dir", "pretrain.resume_training_checkpoint_path": "resume_model",
                      "pretrain.pretrained_model_path": "ptm_if_no_resume_model"},

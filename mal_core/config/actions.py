@@ -61,6 +61,7 @@ class ActionDecl:
     resume_key: str = ""  # "module:function" (cfg) -> str: a re-run with the same key continues the kept files
     keeps_on_rerun: tuple[str, ...] = ()  # names in the job folder a re-run with the same resume key keeps in place
     reports_progress: bool = False  # the engine entry point takes ``report`` (progress for the job record)
+    parent_fills: Mapping[str, str] = field(default_factory=dict)  # spec key -> the parent spec's key it copies
 
     @property
     def results_key(self) -> str:
@@ -193,6 +194,24 @@ ACTIONS: dict[str, ActionDecl] = {
         parents=("train", "export"), parent_key="inference.checkpoint", parent_fixes_model=True,
         preflight="mal_core.skill.preflight:read_inference_data", output_example="inference.json",
         resume_key="mal_core.engine.shards:resume_key", keeps_on_rerun=(SHARDS_DIR,), reports_progress=True,
+        hands_on=HandsOn(artifact="label_dump", pattern="inference.json"),
+    ),
+    "convert": ActionDecl(
+        name="convert", section="convert", entry="mal_core.engine.convert:run_convert",
+        required=(Need("convert.ann_path", "the labelled COCO JSON to deliver"),),
+        inputs={
+            "convert.ann_path": InputSpec(type="file", description="labelled COCO JSON (an inference job's output)"),
+            "convert.img_dir": InputSpec(type="folder", optional=True, description="its images (yolo_seg needs them)"),
+            "convert.decisions_path": InputSpec(type="file", optional=True,
+                                                description="decisions.json downloaded from the review page"),
+        },
+        outputs={"results_dir": OutputSpec(
+            type="folder", description=f"{_RESULTS}: one folder per format",
+            files=["coco_rle/annotations.json", "coco_polygon/annotations.json", "yolo_seg/dataset.yaml",
+                   "label_studio/tasks.json", "cvat/annotations.xml"])},
+        spec_params=dict(_OUTPUT_DIR),
+        parents=("inference",), parent_key="convert.ann_path",
+        parent_fills={"convert.img_dir": "inference.img_dir"},
     ),
     "export": ActionDecl(
         name="export", section="export", entry="mal_core.engine.export:run_export",

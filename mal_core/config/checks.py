@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mal_core.config.actions import action_decl
-from mal_core.config.experiment import ExperimentConfig, ModelConfig
+from mal_core.config.experiment import DELIVERY_FORMATS, ExperimentConfig, ModelConfig
 from mal_core.config.loader import get_dotted, get_field
 from mal_core.errors import SpecError
 
@@ -41,9 +41,47 @@ def _check_pretrain(cfg: ExperimentConfig) -> None:
                         f"({p.decoder_hidden_size})", field="pretrain.decoder_num_heads")
 
 
+def check_formats(formats: list[str], key: str) -> None:
+    """Each name is a delivery format, once; :class:`SpecError` naming ``key`` otherwise."""
+    unknown = [f for f in formats if f not in DELIVERY_FORMATS]
+    if unknown or len(set(formats)) != len(formats):
+        what = f"unknown format(s) {unknown}" if unknown else "a format named twice"
+        raise SpecError(f"{key}: {what}; expected names from {list(DELIVERY_FORMATS)}", field=key)
+
+
+def parse_class_scores(entries: list[str], key: str = "convert.class_min_scores") -> dict[str, float]:
+    """``NAME=SCORE`` entries -> {name: score}; :class:`SpecError` naming ``key`` for a malformed entry."""
+    out: dict[str, float] = {}
+    for entry in entries:
+        name, sep, value = str(entry).rpartition("=")
+        try:
+            score = float(value)
+        except ValueError:
+            score = -1.0
+        if not sep or not name.strip() or not 0.0 <= score <= 1.0:
+            raise SpecError(f"{key} entry {entry!r} must be NAME=SCORE with a score in [0, 1], e.g. person=0.4",
+                            field=key)
+        out[name.strip()] = score
+    return out
+
+
+def _check_convert(cfg: ExperimentConfig) -> None:
+    c = cfg.convert
+    if not c.formats:
+        raise SpecError(f"convert.formats is empty; expected names from {list(DELIVERY_FORMATS)}",
+                        field="convert.formats")
+    check_formats(c.formats, "convert.formats")
+    parse_class_scores(c.class_min_scores)
+
+
+def _check_inference(cfg: ExperimentConfig) -> None:
+    check_formats(cfg.inference.output_formats, "inference.output_formats")
+
+
 #: Checks beyond the table's required keys, by config section (sections without any are absent).
 SECTION_CHECKS: dict[str, Callable[[ExperimentConfig], None]] = {
-    "train": _check_train, "export": _check_export, "pretrain": _check_pretrain}
+    "train": _check_train, "export": _check_export, "pretrain": _check_pretrain, "convert": _check_convert,
+    "inference": _check_inference}
 
 
 def _check_common(cfg: ExperimentConfig) -> None:

@@ -483,11 +483,73 @@ class InferenceConfig:
         description="GPUs each Ray worker asks for when the cluster has GPUs (fractions share a GPU); ignored "
         "on a cluster without GPUs.",
     )
+    output_formats: list[str] = param(
+        [], title="Also deliver as",
+        description="Delivery formats written at the end of the run into <results folder>/<format>/, as the "
+        "convert action writes them with its defaults (any of coco_rle, coco_polygon, yolo_seg, label_studio, "
+        "cvat).")
     output_uri: str = param(
         "", title="Also upload to",
         description="s3://bucket/prefix: the labelled COCO file is also uploaded there (S3 endpoint from "
         "AWS_ENDPOINT_URL when set).",
     )
+
+
+#: The delivery formats ``convert`` writes, each into ``<results folder>/<name>/`` (see mal_core/engine/formats).
+DELIVERY_FORMATS = ("coco_rle", "coco_polygon", "yolo_seg", "label_studio", "cvat")
+
+
+@dataclass
+class ConvertConfig:
+    """Delivering labelled masks in the formats training frameworks and review tools load."""
+
+    ann_path: str = param(
+        "", title="Labelled COCO file", required=True, popular=True,
+        description="COCO JSON with masks to deliver (an inference job's label file; --parent-job-id of an "
+        "inference job fills it).")
+    img_dir: str = param(
+        "", title="Image directory", popular=True,
+        description="Folder holding the images (needed by yolo_seg, whose dataset links or copies them; filled "
+        "from an inference parent).")
+    results_dir: str | None = param(
+        None, title="Convert results directory", description="Defaults to the top-level results_dir.")
+    formats: list[str] = param(
+        list(DELIVERY_FORMATS), title="Formats", popular=True,
+        description="Any of coco_rle, coco_polygon, yolo_seg, label_studio, cvat; each is written into its own "
+        "folder <results folder>/<format>/.")
+    polygon_tolerance: float = param(
+        0.5, title="Polygon tolerance (px)", minimum=0.0, maximum=100.0,
+        description="Douglas-Peucker tolerance in pixels when masks become polygons (0: every border vertex).")
+    min_score: float = param(
+        0.0, title="Minimum score", minimum=0.0, maximum=1.0,
+        description="Labels scored below this are left out (as rejected labels are).")
+    class_min_scores: list[str] = param(
+        [], title="Per-class minimum scores",
+        description="NAME=SCORE entries (category name or id), e.g. [person=0.4]; they override min_score for "
+        "those classes.")
+    decisions_path: str = param(
+        "", title="Review decisions",
+        description="decisions.json downloaded from the review page: rejected labels follow convert.rejected; "
+        "needs_fixing labels go to the review-tool formats (label_studio, cvat) first and are left out of the "
+        "training formats like rejected ones.")
+    rejected: str = param(
+        "drop", title="Rejected labels", options=["drop", "box_only"],
+        description="drop: left out; box_only: kept as a box without a mask (COCO segmentation [], Label Studio "
+        "rectangle, CVAT box; yolo_seg cannot hold a box, so it leaves them out).")
+    label_studio_masks: str = param(
+        "brush", title="Label Studio masks", options=["brush", "polygon"],
+        description="brush: Label Studio's own RLE (exact); polygon: polygonlabels in percent of the image.")
+    image_url_prefix: str = param(
+        "/data/local-files/?d=", title="Label Studio image URL prefix",
+        description="Prefix of each task's image URL before the COCO file_name (Label Studio local files by "
+        "default; e.g. s3://bucket/images/ for cloud storage).")
+    yolo_images: str = param(
+        "symlink", title="YOLO images", options=["symlink", "copy"],
+        description="How the yolo_seg dataset holds the images (Ultralytics finds labels by replacing images/ "
+        "with labels/ in each image path): links to img_dir, or copies.")
+    model_version: str = param(
+        "", title="Model version",
+        description="model_version of the Label Studio predictions (default: the labelled file's name).")
 
 
 @dataclass
@@ -605,6 +667,8 @@ class ExperimentConfig:
     evaluate: EvaluateConfig = section(EvaluateConfig, title="Evaluate", description="Evaluation settings.")
     inference: InferenceConfig = section(InferenceConfig, title="Inference", description="Labelling settings.")
     export: ExportConfig = section(ExportConfig, title="Export", description="ONNX export settings.")
+    convert: ConvertConfig = section(ConvertConfig, title="Convert",
+                                     description="Delivery formats of labelled masks.")
     pretrain: PretrainConfig = section(PretrainConfig, title="Pretrain",
                                        description="MAE self-pretraining of the backbone.")
 

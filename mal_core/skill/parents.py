@@ -149,6 +149,15 @@ def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None,
     return ParentCheckpoint(path=str(p), method="latest", epoch=e, step=s, metric=m, note=note, **base)
 
 
+def parent_job_spec(jobs_root: Path, parent_id: str) -> dict[str, Any]:
+    """The resolved spec the parent job ran with (its ``spec.yaml``); ``{}`` when it has none."""
+    import yaml
+
+    path = jobs_root / parent_id / "spec.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
+
+
 def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:
     """The resolved spec the parent trained with (its ``spec.yaml``), for a torch-free model-setting check; None for
     a parent whose action hands on a named artifact (its spec did not train the model)."""

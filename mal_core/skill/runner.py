@@ -329,7 +329,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
     from mal_core.skill.datasources import default_cache_dir, resolve_data_sources
     from mal_core.skill.jobs import check_job_id, default_jobs_root, new_job_id
     from mal_core.skill.mappings import apply_mappings, get_dotted, set_dotted
-    from mal_core.skill.parents import parent_spec, resolve_parent
+    from mal_core.skill.parents import parent_job_spec, parent_spec, resolve_parent
     from mal_core.skill.policy import decide_route, resolve_policy
     from mal_core.skill.preflight import confine_outputs, confine_results_dirs
 
@@ -371,6 +371,12 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
             set_dotted(tree, src.key, src.local_path)
     if parent is not None and decl.parent_key not in explicit:
         set_dotted(tree, decl.parent_key, parent.path)  # e.g. the checkpoint to score, the weights to fine-tune
+    if parent is not None and decl.parent_fills:
+        parent_tree = parent_job_spec(jobs_root, parent.job_id)
+        for key, parent_key in decl.parent_fills.items():  # e.g. the labelled file's images
+            value = get_dotted(parent_tree, parent_key)
+            if key not in explicit and value not in (None, ""):
+                set_dotted(tree, key, value)
     mappings = apply_mappings(info, action, tree, explicit, results_dir, parent)
     spec = ResolvedSpec.from_tree(tree, explicit)
     # the engine applies the same clamps (and logs them) when it runs; the resolved config stays as given
