@@ -284,6 +284,12 @@ def test_decisions_survive_a_reload_and_bad_files_are_refused(browser: tuple[Web
     _open(driver, big_page["page"], fresh=False)  # a reload keeps them (localStorage)
     assert _page_decisions(driver) == saved
     assert _counts(driver)[ACCEPTED] == 1 and "restored 2 decisions" in driver.find_element(By.ID, "msg").text
+    copy = tmp_path / "other_job" / "review" / "index.html"  # another job's page, same labels file name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(big_page["page"], copy)
+    _open(driver, copy, fresh=False)
+    assert _page_decisions(driver) == {} and driver.find_element(By.ID, "msg").text == ""
+    _open(driver, big_page["page"], fresh=False)
     upload = driver.find_element(By.ID, "load")
     msg = driver.find_element(By.ID, "msg")
     bad_cases = {"not_json.json": ("{oops", "not JSON"),

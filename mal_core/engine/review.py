@@ -72,7 +72,7 @@ def render_thumbnail(image: np.ndarray, ann: dict[str, Any], side: int = THUMB_S
 _BUTTONS = {ACCEPTED: "Accept", REJECTED: "Reject", NEEDS_FIXING: "Needs fixing"}
 _KEYS = {ACCEPTED: "a", REJECTED: "r", NEEDS_FIXING: "f"}
 _COLOURS = {ACCEPTED: "#2e7d32", REJECTED: "#c62828", NEEDS_FIXING: "#ef8f00"}
-#: The localStorage key prefix; the labels file name follows it.
+#: The localStorage key prefix; the labels file name and the page's path follow it.
 STORAGE_PREFIX = "mal-review-decisions:"
 
 _CSS = """
@@ -126,7 +126,9 @@ _JS = r"""
   const cfg = JSON.parse(document.getElementById("review-config").textContent);
   const items = JSON.parse(document.getElementById("review-data").textContent);
   const D = cfg.decisions;
-  const storeKey = cfg.storage_prefix + cfg.labels;
+  // Every file:// page shares one origin, and two jobs may write labels files of the same name (on the same
+  // annotation ids): the page's own path is part of the key.
+  const storeKey = cfg.storage_prefix + cfg.labels + " @ " + location.pathname;
   const byKey = {};
   for (const d of D) byKey[cfg.keys[d]] = d;
   const $ = (id) => document.getElementById(id);
@@ -381,8 +383,8 @@ def write_review_page(coco: CocoDataset, labelled: list[dict[str, Any]], out_dir
 
     ``total``: how many labels the job made, when ``labelled`` holds only the lowest-scored ones. ``labels_file``:
     the name of the labelled COCO file; the page's downloaded decisions name it (``labels``), and the decisions a
-    browser keeps are stored under it. ``header_lines``: plain-text lines shown at the top of the page.
-    A label's ``flags`` (a list of strings) and ``expected_iou`` are shown on its card when present."""
+    browser keeps are stored under it and the page's path. ``header_lines``: plain-text lines shown at the top of
+    the page. A label's ``flags`` (a list of strings) and ``expected_iou`` are shown on its card when present."""
     thumbs = out_dir / "thumbs"
     check_guarded(thumbs)  # never through a link planted in the job folder
     thumbs.mkdir(parents=True, exist_ok=True)
