@@ -43,7 +43,7 @@ def test_train_then_evaluate_and_inference_by_parent(tmp_path: Path, capsys: pyt
     assert read_job(jobs / "e1")["parent_id"] == "t1"
 
     inf = {"inference.img_dir": data["dataset.val_img_dir"], "inference.ann_path": data["dataset.val_ann_path"],
-           "inference.save_overlays": True, "inference.max_overlays": 1}
+           "inference.save_overlays": True, "inference.max_overlays": 1, "inference.output_formats": ["coco_polygon"]}
     rc, lab = _run(capsys, "inference", ["--parent-job-id", "t1", "--parent-checkpoint", "latest", "--job-id", "i1",
                                          "--spec-overrides", json.dumps(inf)])
     assert rc == 0, lab["error"]
@@ -52,6 +52,22 @@ def test_train_then_evaluate_and_inference_by_parent(tmp_path: Path, capsys: pyt
     assert labelled["annotations"] and all("segmentation" in a for a in labelled["annotations"])
     assert lab["artifacts"]["checkpoint"].endswith("model_epoch_001_step_00004.pth")
     assert Path(lab["artifacts"]["overlays"]).is_dir()
+    polygons = json.loads(Path(lab["artifacts"]["formats"]["coco_polygon"]["file"]).read_text())
+    assert {a["id"] for a in polygons["annotations"]} <= {a["id"] for a in labelled["annotations"]}
+    assert all(isinstance(a["segmentation"], list) for a in polygons["annotations"])
+
+    # convert, chained to the labelling job: its label file and its images; the label file is only read
+    before = Path(lab["artifacts"]["label_dump"]).read_bytes()
+    rc, conv = _run(capsys, "convert", ["--parent-job-id", "i1", "--job-id", "c1",
+                                        "--set", "convert.formats=[yolo_seg, cvat]"])
+    assert rc == 0, conv["error"]
+    assert conv["status"] == "success" and read_job(jobs / "c1")["parent_id"] == "i1"
+    assert Path(lab["artifacts"]["label_dump"]).read_bytes() == before
+    yolo = conv["artifacts"]["formats"]["yolo_seg"]
+    assert Path(yolo["file"]).parent == jobs / "c1" / "yolo_seg" and yolo["images"] == len(labelled["images"])
+    linked = sorted((jobs / "c1" / "yolo_seg" / "images").iterdir())
+    assert linked and all(p.resolve().parent == Path(data["dataset.val_img_dir"]).resolve() for p in linked)
+    assert (jobs / "c1" / "cvat" / "annotations.xml").is_file()
 
     # an explicit model setting that conflicts with the parent's checkpoint is refused
     rc, bad = _run(capsys, "inference", ["--parent-job-id", "t1", "--spec-overrides", json.dumps(inf),

@@ -140,6 +140,12 @@ def run_inference(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
         result.metrics = dict(summary.metric.compute())
     _write_review(cfg, done.base, folder, paths, {pos for _score, pos in summary.lowest}, results_dir, artifacts,
                   calibration)
+    if inf.output_formats:  # the convert action's pipeline, with its defaults
+        from mal_core.config.experiment import ConvertConfig
+        from mal_core.engine.convert import deliver
+
+        opts = ConvertConfig(ann_path=str(out_path), img_dir=inf.img_dir, formats=list(inf.output_formats))
+        artifacts["formats"] = deliver(opts, out_path, Path(inf.img_dir), results_dir)["formats"]
     if inf.output_uri:
         from mal_core.engine.upload import upload_file
 

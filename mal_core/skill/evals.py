@@ -114,6 +114,10 @@ def _write_job(jobs: Path, job_id: str, spec: dict[str, Any]) -> None:
         _write_checkpoints(trial_dir, trial)
         record["automl"] = {"best_trial": {"trial_id": trial["trial_id"], "results_dir": str(trial_dir)}}
     (job_dir / "job.json").write_text(json.dumps(record))
+    if spec.get("spec"):  # the resolved spec the job ran with (a child job may copy keys of it)
+        import yaml
+
+        (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec["spec"]))
 
 
 def _skill_copy(root: Path, dest: Path, drop: list[str]) -> Path:
@@ -211,6 +215,8 @@ def _check_fixtures(path: Path, fixtures: Any) -> None:
         for key in ("action", "route"):
             if key in spec and not isinstance(spec[key], str):
                 raise _bad(path, f"{where}.{key}", "must be a string")
+        if "spec" in spec and not isinstance(spec["spec"], dict):
+            raise _bad(path, f"{where}.spec", "must be an object (the job's resolved spec tree)")
         if spec.get("best_trial") is not None:
             _check_job_files(path, f"{where}.best_trial", spec["best_trial"])
             _check_name(path, f"{where}.best_trial.trial_id", spec["best_trial"].get("trial_id"), single=True)
