@@ -175,7 +175,8 @@ def block_spec_overrides(schemas: dict[str, dict[str, Any]], info: SkillInfo) ->
     lines = ["```python"] + [f'{name} = "{PLACEHOLDER_VALUES[name]}"' for name in used] + ["```", ""]
     for action in ACTIONS:
         if not info.data_sources[action] and not info.example_spec_overrides[action]:
-            parent_keys = [k for k, fn in info.spec_params[action].items() if fn == "parent_model"]
+            decl = ACTION_TABLE[action]
+            parent_keys = [decl.parent_key, *decl.parent_fills] if decl.parents else []
             lines += [f"{action}: no data source; pass `--parent-job-id` (fills {', '.join(parent_keys)}) or set "
                       "the key.", ""]
             continue
@@ -239,7 +240,8 @@ def block_parent_jobs(schemas: dict[str, dict[str, Any]], info: SkillInfo) -> st
                 raise CodegenError(f"{action} names {parent!r} as a parent, but a {parent} job hands nothing on")
             what = f"`{hands_on.artifact}`" if hands_on.artifact else "checkpoint"
             parents.append(f"{parent} ({what})")
-        rows.append([action, ", ".join(parents) or "-", f"`{decl.parent_key}`" if decl.parents else "-"])
+        fills = [f"`{decl.parent_key}`"] + [f"`{k}` (the parent's `{v}`)" for k, v in decl.parent_fills.items()]
+        rows.append([action, ", ".join(parents) or "-", ", ".join(fills) if decl.parents else "-"])
     return _table(["Action", "Parent job (what it hands on)", "Fills"], rows)
 
 
