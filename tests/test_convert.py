@@ -110,6 +110,15 @@ def test_polygons_trace_pixel_edges_exactly() -> None:
         single = mask_to_single_polygon(mask, 0.0)
         back = mask_utils.decode(mask_utils.frPyObjects([single], H, W)[0]).astype(bool)
         assert _iou(back, mask) >= 0.99, name  # bridges between parts add at most a few pixels
+    for tiny in ([(5, 5)], [(5, 5), (5, 6)]):  # 1 and 2 pixels: still a polygon (3 vertices) through centres
+        mask = np.zeros((H, W), bool)
+        for y, x in tiny:
+            mask[y, x] = True
+        poly = mask_to_single_polygon(mask, 0.5, centres=True)
+        assert len(poly) >= 6
+        filled = np.zeros((H, W), np.uint8)
+        cv2.fillPoly(filled, [np.asarray(poly, np.float64).astype(np.int32).reshape(-1, 2)], 1)
+        assert _iou(filled.astype(bool), mask) == 1.0
     polys = mask_to_polygons(_masks()["three_parts"], tolerance=0.5)
     assert len(polys) == 3 and polys[0][:2] == [50.0, 30.0]  # one per part, largest first, from a pixel corner
 

@@ -95,7 +95,10 @@ def mask_to_single_polygon(mask: np.ndarray, tolerance: float = 0.5, centres: bo
     rings = [_keyhole(outline, holes) for outline, holes in _contours(mask, tolerance, centres)]
     if not rings:
         return []
-    return _flat(_keyhole(rings[0], rings[1:]))
+    ring = _keyhole(rings[0], rings[1:])
+    if len(ring) < 3:  # a 1- or 2-pixel mask traced through centres: repeat vertices so it stays a polygon
+        ring = np.concatenate([ring] * 3)[:3]
+    return _flat(ring)
 
 
 def _flat(ring: np.ndarray) -> list[float]:
