@@ -240,7 +240,8 @@ def block_parent_jobs(schemas: dict[str, dict[str, Any]], info: SkillInfo) -> st
                 raise CodegenError(f"{action} names {parent!r} as a parent, but a {parent} job hands nothing on")
             what = f"`{hands_on.artifact}`" if hands_on.artifact else "checkpoint"
             parents.append(f"{parent} ({what})")
-        fills = [f"`{decl.parent_key}`"] + [f"`{k}` (the parent's `{v}`)" for k, v in decl.parent_fills.items()]
+        fills = [f"`{decl.parent_key}`"] + [f"`{k}` (the parent's `{v}`, when it has one)"
+                                            for k, v in decl.parent_fills.items()]
         rows.append([action, ", ".join(parents) or "-", ", ".join(fills) if decl.parents else "-"])
     return _table(["Action", "Parent job (what it hands on)", "Fills"], rows)
 

@@ -594,7 +594,9 @@ def test_docs_tables_match_a_fresh_render(schemas) -> None:
             assert f"| {action} | {key} | {fn} |" in blocks["inference_mappings"]
         assert f"| {action} | " in blocks["parent_jobs"]
     assert "| evaluate | train (checkpoint), export (`onnx_file`) | `evaluate.checkpoint` |" in blocks["parent_jobs"]
-    assert "| train | train (checkpoint), pretrain (`pretrained_model`) | `train.pretrained_model_path` |" in (
+    assert ("| train | train (checkpoint), pretrain (`pretrained_model`), convert (`model_checkpoint`) | "
+            "`train.pretrained_model_path`, `dataset.train_ann_path` (the parent's `artifacts.training_file`, when it "
+            "has one)") in (
         blocks["parent_jobs"])
     for name in ("important_parameters", "parameter_details"):
         table = blocks[name]

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from mal_core.data.decisions import decisions_document
 from mal_core.skill.jobs import read_job
 from mal_core.skill.runner import main
 from mal_core.skill.testing import TINY_OVERRIDES, last_json_line, tiny_dataset
@@ -68,6 +70,25 @@ def test_train_then_evaluate_and_inference_by_parent(tmp_path: Path, capsys: pyt
     linked = sorted((jobs / "c1" / "yolo_seg" / "images").iterdir())
     assert linked and all(p.resolve().parent == Path(data["dataset.val_img_dir"]).resolve() for p in linked)
     assert (jobs / "c1" / "cvat" / "annotations.xml").is_file()
+
+    # the review loop: decisions -> training file (convert) -> fine-tune the labelling model on it (train)
+    ids = [a["id"] for a in labelled["annotations"] if not a.get("iscrowd")]
+    decisions = tmp_path / "decisions.json"
+    decided = {ids[0]: "accepted", ids[1]: "rejected"}
+    decisions.write_text(json.dumps(decisions_document("inference.json", decided)))
+    rc, loop = _run(capsys, "convert", ["--parent-job-id", "i1", "--job-id", "c2",
+                                        "--set", "convert.formats=[train_masks]",
+                                        "--set", f"convert.decisions_path={decisions}"])
+    assert rc == 0, loop["error"]
+    assert loop["artifacts"]["model_checkpoint"] == lab["artifacts"]["checkpoint"]
+    rc, tune = _run(capsys, "train", ["--parent-job-id", "c2", "--job-id", "t2", "--automl-policy", "off",
+                                      "--spec-overrides", json.dumps({**TINY_OVERRIDES, "train.num_epochs": 1})])
+    assert rc == 0, tune["error"]
+    spec = yaml.safe_load((jobs / "t2" / "spec.yaml").read_text())
+    assert spec["dataset"]["train_ann_path"] == loop["artifacts"]["training_file"]
+    assert spec["dataset"]["train_img_dir"] == data["dataset.val_img_dir"]
+    assert spec["train"]["pretrained_model_path"] == lab["artifacts"]["checkpoint"]
+    assert tune["artifacts"]["mask_supervision"] == {"instances_with_masks": 1, "instances": len(ids)}
 
     # an explicit model setting that conflicts with the parent's checkpoint is refused
     rc, bad = _run(capsys, "inference", ["--parent-job-id", "t1", "--spec-overrides", json.dumps(inf),

@@ -61,7 +61,8 @@ class ActionDecl:
     resume_key: str = ""  # "module:function" (cfg) -> str: a re-run with the same key continues the kept files
     keeps_on_rerun: tuple[str, ...] = ()  # names in the job folder a re-run with the same resume key keeps in place
     reports_progress: bool = False  # the engine entry point takes ``report`` (progress for the job record)
-    parent_fills: Mapping[str, str] = field(default_factory=dict)  # spec key -> the parent spec's key it copies
+    # spec key -> what it copies from the parent job: a key of its spec, or ``artifacts.<name>`` of its record
+    parent_fills: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def results_key(self) -> str:
@@ -149,7 +150,8 @@ ACTIONS: dict[str, ActionDecl] = {
                      "train.pretrained_model_path": "ptm_if_no_resume_model"},
         example_overrides={"train.num_gpus": 1, "train.gpu_ids": [0], "train.num_epochs": 5,
                            "train.checkpoint_interval": 5, "train.validation_interval": 5},
-        parents=("train", "pretrain"), parent_key="train.pretrained_model_path", hands_on=HandsOn(),
+        parents=("train", "pretrain", "convert"), parent_key="train.pretrained_model_path", hands_on=HandsOn(),
+        parent_fills={"dataset.train_ann_path": "artifacts.training_file", "dataset.train_img_dir": "convert.img_dir"},
         automl=True, own_results_dir_suffices=True, resumes=True,
         preflight="mal_core.skill.preflight:read_train_data",
     ),
@@ -211,7 +213,8 @@ ACTIONS: dict[str, ActionDecl] = {
                    "label_studio/tasks.json", "cvat/annotations.xml"])},
         spec_params=dict(_OUTPUT_DIR),
         parents=("inference",), parent_key="convert.ann_path",
-        parent_fills={"convert.img_dir": "inference.img_dir"},
+        parent_fills={"convert.img_dir": "inference.img_dir", "convert.model_checkpoint": "inference.checkpoint"},
+        hands_on=HandsOn(artifact="model_checkpoint", pattern="*.pth"),
     ),
     "export": ActionDecl(
         name="export", section="export", entry="mal_core.engine.export:run_export",

@@ -307,6 +307,17 @@ class TrainConfig:
         0, title="Pairwise warm-up steps", minimum=0, automl_enabled=False, automl_reason="schedule detail",
         description="Steps of epoch 0 over which the pairwise loss weight ramps up linearly.",
     )
+    use_gt_masks: bool = param(
+        True, title="Learn from given masks", automl_enabled=False, automl_reason="a data choice",
+        description="Training instances whose annotation carries a mask (segmentation) also get the mask loss "
+        "against it (mixed box + mask supervision); every instance keeps the box losses. Without masks in the "
+        "training file, or false, training is box-only exactly as before.",
+    )
+    loss_mask_weight: float = param(
+        1.0, title="Mask loss weight", minimum=0.0, maximum=10.0, automl_enabled=None,
+        description="Weight of the mask loss (BCE + Dice against the given mask, cropped like the image, at mask "
+        "resolution), averaged over the batch's instances that have a mask.",
+    )
     crf_kernel_size: int = param(
         3, title="CRF window", minimum=3, maximum=9, options=[3, 5, 7, 9], automl_enabled=False,
         automl_reason="3 matches the paper's 8-neighbourhood", description="Odd side of the CRF affinity window.",
@@ -496,7 +507,7 @@ class InferenceConfig:
 
 
 #: The delivery formats ``convert`` writes, each into ``<results folder>/<name>/`` (see mal_core/engine/formats).
-DELIVERY_FORMATS = ("coco_rle", "coco_polygon", "yolo_seg", "label_studio", "cvat")
+DELIVERY_FORMATS = ("coco_rle", "coco_polygon", "yolo_seg", "label_studio", "cvat", "train_masks")
 
 
 @dataclass
@@ -514,9 +525,10 @@ class ConvertConfig:
     results_dir: str | None = param(
         None, title="Convert results directory", description="Defaults to the top-level results_dir.")
     formats: list[str] = param(
-        list(DELIVERY_FORMATS), title="Formats", popular=True,
-        description="Any of coco_rle, coco_polygon, yolo_seg, label_studio, cvat; each is written into its own "
-        "folder <results folder>/<format>/.")
+        list(DELIVERY_FORMATS[:5]), title="Formats", popular=True,
+        description="Any of coco_rle, coco_polygon, yolo_seg, label_studio, cvat, train_masks; each is written "
+        "into its own folder <results folder>/<format>/. train_masks: the training file of the review loop (masks "
+        "only where a person accepted or corrected them, boxes elsewhere) for train --parent-job-id <this job>.")
     polygon_tolerance: float = param(
         0.5, title="Polygon tolerance (px)", minimum=0.0, maximum=100.0,
         description="Douglas-Peucker tolerance in pixels when masks become polygons (0: every border vertex).")
@@ -532,6 +544,14 @@ class ConvertConfig:
         description="decisions.json downloaded from the review page: rejected labels follow convert.rejected; "
         "needs_fixing labels go to the review-tool formats (label_studio, cvat) first and are left out of the "
         "training formats like rejected ones.")
+    corrections_path: str = param(
+        "", title="Corrected masks",
+        description="COCO JSON holding corrected masks (e.g. exported from the review tool), matched to the "
+        "labels by annotation id; train_masks uses them in place of the predicted masks.")
+    model_checkpoint: str = param(
+        "", title="Labelling model",
+        description="The checkpoint that made the labels (filled from an inference parent); a train job chained "
+        "to this job fine-tunes from it.")
     rejected: str = param(
         "drop", title="Rejected labels", options=["drop", "box_only"],
         description="drop: left out; box_only: kept as a box without a mask (COCO segmentation [], Label Studio "

@@ -223,11 +223,13 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> str | No
 
 
 def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.0, max_area: float = float("inf"),
-              min_side: float = 0.0, require_masks: bool = False, check_images: bool = True) -> CocoDataset:
+              min_side: float = 0.0, require_masks: bool = False, check_masks: bool = False,
+              check_images: bool = True) -> CocoDataset:
     """Parse and validate a COCO instances file and keep the boxes that pass the filters.
 
     Kept iff ``min_area < w*h < max_area`` and both sides ``> min_side`` after clipping to the image.
-    ``require_masks`` demands a ``segmentation`` on every kept annotation.
+    ``require_masks`` demands a ``segmentation`` on every kept annotation; ``check_masks`` checks the ones given
+    (training with masks: a bad one is a :class:`DataError` naming its annotation).
     """
     ann_path, img_dir = Path(ann_path), Path(img_dir)
     data = read_json(ann_path, "annotation file")
@@ -316,7 +318,7 @@ def load_coco(ann_path: str | Path, img_dir: str | Path, *, min_area: float = 0.
             raise DataError(f"{label} has no segmentation but masks are required for scoring; set "
                             "dataset.load_mask (or inference.load_mask) to false for box-only files",
                             field=f"{where}:segmentation")
-        if require_masks:
+        if require_masks or (check_masks and has_seg):
             why = segmentation_problem(ann["segmentation"], H, W)
             if why:
                 raise DataError(f"{label}: segmentation {why}", field=f"{where}:segmentation")

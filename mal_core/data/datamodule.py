@@ -18,6 +18,12 @@ from mal_core.data.loading import TRAIN_MIN_SIDE, load_eval_coco, load_train_coc
 __all__ = ["TRAIN_MIN_SIDE", "MALDataModule", "load_eval_coco", "load_train_coco"]
 
 
+def uses_masks(cfg: ExperimentConfig, coco: CocoDataset | None) -> bool:
+    """Whether training learns from given masks: ``train.use_gt_masks`` and at least one instance has one (a
+    box-only file trains exactly as before)."""
+    return bool(cfg.train.use_gt_masks and coco is not None and any(i.has_segmentation for i in coco.instances))
+
+
 class MALDataModule(pl.LightningDataModule):
     """Loaders over pre-parsed datasets (parsing happens up front so bad input fails before any training)."""
 
@@ -50,7 +56,8 @@ class MALDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         t = self.cfg.train
-        ds = BoxCropDataset(self.train_coco, self.cfg.dataset.crop_size, train=True, margin_rate=t.margin_rate)
+        ds = BoxCropDataset(self.train_coco, self.cfg.dataset.crop_size, train=True, margin_rate=t.margin_rate,
+                            train_masks=uses_masks(self.cfg, self.train_coco))
         return self._loader(ds, shuffle=True, batch_size=t.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -53,11 +53,13 @@ class BoxCropDataset(Dataset):
     (``image``) and an un-augmented teacher view (``timage``), plus the box mask. ``train=False``: fixed margins
     from ``test_margin_rate``, the geometry needed to paste the mask back, and (``load_mask``) the ground-truth mask
     cut to the crop's in-image region with its full area (and, with ``gt_crop``, the GT resampled onto the crop).
+    ``train_masks=True`` (mixed supervision): each training sample also has ``gt_mask`` (1, S, S), the annotation's
+    mask cut and flipped like the crop (zeros without one), and ``has_mask``.
     """
 
     def __init__(self, coco: CocoDataset, crop_size: int, *, train: bool, margin_rate: list[float] | None = None,
                  test_margin_rate: list[float] | None = None, load_mask: bool = False,
-                 gt_crop: bool = False) -> None:
+                 gt_crop: bool = False, train_masks: bool = False) -> None:
         self.coco = coco
         self.instances: list[Instance] = coco.instances
         self.crop_size = int(crop_size)
@@ -66,6 +68,7 @@ class BoxCropDataset(Dataset):
         self.test_margin_rate = list(test_margin_rate or [0.6, 0.6])
         self.load_mask = load_mask
         self.gt_crop = gt_crop and load_mask
+        self.train_masks = train_masks and train
         self._cache = _ImageCache()
 
     def __len__(self) -> int:
@@ -97,9 +100,12 @@ class BoxCropDataset(Dataset):
             "ann_id": torch.tensor(inst.ann_id, dtype=torch.long),
         }
         if self.train:
-            if float(torch.rand(())) < 0.5:
+            flip = float(torch.rand(())) < 0.5
+            if flip:
                 crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
                 box_mask = box_mask[:, ::-1].copy()
+            if self.train_masks:
+                sample["gt_mask"], sample["has_mask"] = self._train_mask(inst, ext, flip)
             sample["timage"] = to_normalised_tensor(crop)
             sample["image"] = to_normalised_tensor(student_augment(crop, self.crop_size))
             sample["box_mask"] = torch.from_numpy(box_mask)[None]
@@ -119,6 +125,22 @@ class BoxCropDataset(Dataset):
             gt_crop = Image.fromarray(crop_wrap(gt, ext).astype(np.uint8) * 255)
             sample["gt_crop"] = torch.from_numpy(np.asarray(gt_crop.resize((self.crop_size,) * 2, Image.NEAREST)) > 127)
         return sample
+
+
+    def _train_mask(self, inst: Instance, ext: tuple[int, int, int, int], flip: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The annotation's mask on the crop (1, S, S) float, flipped like it, and whether there is one."""
+        if not inst.has_segmentation:
+            return torch.zeros(1, self.crop_size, self.crop_size), torch.tensor(False)
+        gt = decode_segmentation(self.coco.annotation(inst.ann_id)["segmentation"], inst.height, inst.width)
+        if not gt.any():  # an empty mask says nothing about the object: box losses only
+            return torch.zeros(1, self.crop_size, self.crop_size), torch.tensor(False)
+        on_crop = Image.fromarray(crop_wrap(gt, ext).astype(np.uint8) * 255).resize((self.crop_size,) * 2,
+                                                                                   Image.NEAREST)
+        arr = np.asarray(on_crop) > 127
+        if flip:
+            arr = arr[:, ::-1]
+        return torch.from_numpy(arr.astype(np.float32).copy())[None], torch.tensor(True)
 
 
 def collate_crops(batch: list[dict[str, Any]]) -> dict[str, Any]:

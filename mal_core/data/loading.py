@@ -14,10 +14,11 @@ TRAIN_MIN_SIDE = 2.0
 
 
 def load_train_coco(cfg: ExperimentConfig) -> CocoDataset:
-    """The training boxes after the size filters (masks never read)."""
+    """The training boxes after the size filters; their masks are checked when training learns from them
+    (``train.use_gt_masks``)."""
     d = cfg.dataset
     return load_coco(d.train_ann_path, d.train_img_dir, min_area=d.min_obj_size, max_area=d.max_obj_size,
-                     min_side=TRAIN_MIN_SIDE)
+                     min_side=TRAIN_MIN_SIDE, check_masks=cfg.train.use_gt_masks)
 
 
 def load_eval_coco(ann_path: str, img_dir: str, load_mask: bool) -> CocoDataset:

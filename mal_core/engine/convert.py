@@ -59,7 +59,7 @@ def select_labels(doc: dict[str, Any], source: Path, img_dir: Path | None, opts:
                   decisions: dict[int, str]) -> Delivery:
     """What to deliver of ``doc`` (see the module docstring), with the counts of each choice."""
     thresholds = _threshold_for(doc["categories"], opts)
-    delivery = Delivery(source, img_dir, doc["images"], doc["categories"])
+    delivery = Delivery(source, img_dir, doc["images"], doc["categories"], decisions=decisions)
     counts = dict.fromkeys(("labels", "delivered_as_masks", "delivered_as_boxes", "left_out", "below_score",
                             "rejected", "needs_fixing", "crowd_left_out", "decisions_unmatched"), 0)
     image_ids = {im["id"] for im in doc["images"]}
@@ -119,8 +119,11 @@ def run_convert(cfg: ExperimentConfig, explicit_keys: set[str] | None = None) ->
     results_dir = Path(ACTIONS["convert"].results_dir(cfg))
     img_dir = Path(opts.img_dir) if opts.img_dir else None
     done = deliver(opts, Path(opts.ann_path), img_dir, results_dir)
-    result = EngineResult(results_dir=str(results_dir), artifacts={"formats": done["formats"],
-                                                                   "counts": done["counts"]})
+    artifacts: dict[str, Any] = {"formats": done["formats"], "counts": done["counts"]}
+    if "train_masks" in done["formats"]:  # what a train job chained to this one starts from
+        artifacts["training_file"] = done["formats"]["train_masks"]["file"]
+        artifacts["model_checkpoint"] = opts.model_checkpoint or None
+    result = EngineResult(results_dir=str(results_dir), artifacts=artifacts)
     if done["counts"]["decisions_unmatched"]:
         result.warnings.append(f"{done['counts']['decisions_unmatched']} decisions name annotations that are not "
                                f"in {opts.ann_path} (a decisions file of another labelled file?)")

@@ -96,7 +96,7 @@ class MALModule(pl.LightningModule):
         with torch.no_grad():
             t_logits = self.model.teacher(batch["timage"], areas)
         out = mal_objective(t, logits, t_logits, batch["image"], batch["timage"], batch["box_mask"],
-                            self.current_epoch, batch_idx)
+                            self.current_epoch, batch_idx, batch.get("gt_mask"), batch.get("has_mask"))
         loss = out.loss
         if not torch.isfinite(loss):
             self._skipped_batches += 1

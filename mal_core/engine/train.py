@@ -16,7 +16,7 @@ from mal_core.config.actions import ACTIONS
 from mal_core.config.checks import clamp_for_action
 from mal_core.config.experiment import ExperimentConfig
 from mal_core.config.loader import dump_spec
-from mal_core.data.datamodule import MALDataModule, load_eval_coco, load_train_coco
+from mal_core.data.datamodule import MALDataModule, load_eval_coco, load_train_coco, uses_masks
 from mal_core.engine import time_budget
 from mal_core.engine.checkpoints import (
     LATEST_NAME,
@@ -71,6 +71,10 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     if not train_coco.instances:
         raise DataError(f"no training box survives the size filters in {cfg.dataset.train_ann_path} "
                         f"(dataset.min_obj_size={cfg.dataset.min_obj_size})", field="dataset.min_obj_size")
+    with_masks = sum(i.has_segmentation for i in train_coco.instances) if uses_masks(cfg, train_coco) else 0
+    if with_masks:
+        log.info("mixed supervision: %d of %d training instances have a mask (mask loss weight %g)", with_masks,
+                 len(train_coco.instances), cfg.train.loss_mask_weight)
     val_coco = None
     if cfg.dataset.val_ann_path:
         val_coco = load_eval_coco(cfg.dataset.val_ann_path, cfg.dataset.val_img_dir, cfg.dataset.load_mask)
@@ -110,6 +114,7 @@ def run_train(cfg: ExperimentConfig, explicit_keys: set[str] | None = None,
     latest = results_dir / f"{LATEST_NAME}.pth"
     history = results_dir / HISTORY_FILE
     artifacts = {"checkpoints": ckpts,
+                 "mask_supervision": {"instances_with_masks": with_masks, "instances": len(train_coco.instances)},
                  "latest_checkpoint": str(latest) if latest.exists() else (ckpts[-1] if ckpts else None),
                  "best_checkpoint": best_checkpoint(results_dir),
                  "validation_history": str(history) if history.exists() else None,

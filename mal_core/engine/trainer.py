@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 # job folder holds its spec and logs before the first checkpoint is written into it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# training without a validation set hands Lightning an empty list of validation loaders, on purpose
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 # Lightning 2.x flattens loaders with torch's deprecated LeafSpec on torch 2.13 (nothing we call)
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 

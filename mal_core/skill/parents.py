@@ -149,13 +149,24 @@ def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None,
     return ParentCheckpoint(path=str(p), method="latest", epoch=e, step=s, metric=m, note=note, **base)
 
 
-def parent_job_spec(jobs_root: Path, parent_id: str) -> dict[str, Any]:
-    """The resolved spec the parent job ran with (its ``spec.yaml``); ``{}`` when it has none."""
+def parent_fills(jobs_root: Path, parent_id: str, fills: dict[str, str] | Any) -> dict[str, Any]:
+    """Spec key -> value copied from the parent job: ``artifacts.<name>`` from its record, any other name from the
+    spec it ran with (its ``spec.yaml``); keys whose source is missing or empty are left out."""
     import yaml
+
+    from mal_core.config.loader import get_dotted
 
     path = jobs_root / parent_id / "spec.yaml"
     data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    return data if isinstance(data, dict) else {}
+    spec = data if isinstance(data, dict) else {}
+    artifacts = (read_job(jobs_root / parent_id) or {}).get("artifacts") or {}
+    out = {}
+    for key, source in fills.items():
+        value = artifacts.get(source[len("artifacts."):]) if source.startswith("artifacts.") \
+            else get_dotted(spec, source)
+        if value not in (None, ""):
+            out[key] = value
+    return out
 
 
 def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:

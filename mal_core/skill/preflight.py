@@ -168,6 +168,8 @@ def read_train_data(cfg: ExperimentConfig) -> dict[str, int]:
                         f"(dataset.min_obj_size={d.min_obj_size}, dataset.max_obj_size={d.max_obj_size}; crowd "
                         "regions are not trained on)", field="dataset.min_obj_size")
     counts = {"train_instances": len(coco.instances)}
+    if cfg.train.use_gt_masks:  # mixed supervision: these also get the mask loss
+        counts["train_instances_with_masks"] = sum(i.has_segmentation for i in coco.instances)
     if d.val_ann_path:
         counts["val_instances"] = len(load_eval_coco(d.val_ann_path, d.val_img_dir, d.load_mask).instances)
     return counts

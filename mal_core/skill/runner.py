@@ -329,7 +329,7 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
     from mal_core.skill.datasources import default_cache_dir, resolve_data_sources
     from mal_core.skill.jobs import check_job_id, default_jobs_root, new_job_id
     from mal_core.skill.mappings import apply_mappings, get_dotted, set_dotted
-    from mal_core.skill.parents import parent_job_spec, parent_spec, resolve_parent
+    from mal_core.skill.parents import parent_fills, parent_spec, resolve_parent
     from mal_core.skill.policy import decide_route, resolve_policy
     from mal_core.skill.preflight import confine_outputs, confine_results_dirs
 
@@ -364,6 +364,10 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
         stored = parent_spec(jobs_root, args.parent_job_id) if decl.parent_fixes_model else None
         if stored:
             check_checkpoint_conflicts(tree, explicit, stored, parent.path)
+    if parent is not None and decl.parent_fills:  # e.g. the labelled file's images, a review loop's training file
+        for key, value in parent_fills(jobs_root, parent.job_id, decl.parent_fills).items():
+            if key not in explicit:
+                set_dotted(tree, key, value)
     sources = resolve_data_sources(info, action, {k: get_dotted(tree, k) for k in info.data_sources[action]},
                                    default_cache_dir(jobs_root), dry_run=args.dry_run)
     if not args.dry_run:
@@ -371,12 +375,6 @@ def _resolve(action: str, args: argparse.Namespace, root: Path,
             set_dotted(tree, src.key, src.local_path)
     if parent is not None and decl.parent_key not in explicit:
         set_dotted(tree, decl.parent_key, parent.path)  # e.g. the checkpoint to score, the weights to fine-tune
-    if parent is not None and decl.parent_fills:
-        parent_tree = parent_job_spec(jobs_root, parent.job_id)
-        for key, parent_key in decl.parent_fills.items():  # e.g. the labelled file's images
-            value = get_dotted(parent_tree, parent_key)
-            if key not in explicit and value not in (None, ""):
-                set_dotted(tree, key, value)
     mappings = apply_mappings(info, action, tree, explicit, results_dir, parent)
     spec = ResolvedSpec.from_tree(tree, explicit)
     # the engine applies the same clamps (and logs them) when it runs; the resolved config stays as given

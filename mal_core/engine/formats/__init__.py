@@ -18,6 +18,7 @@ WRITERS: dict[str, str] = {
     "yolo_seg": "mal_core.engine.formats.yolo_seg:write_yolo_seg",
     "label_studio": "mal_core.engine.formats.label_studio:write_label_studio",
     "cvat": "mal_core.engine.formats.cvat:write_cvat",
+    "train_masks": "mal_core.engine.formats.train_masks:write_train_masks",
 }
 assert tuple(WRITERS) == DELIVERY_FORMATS, "every delivery format has one writer"
 

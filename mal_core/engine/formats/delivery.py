@@ -49,6 +49,7 @@ class Delivery:
     categories: list[dict[str, Any]]
     labels: dict[Any, list[Label]] = field(default_factory=dict)  # image id -> labels
     counts: dict[str, int] = field(default_factory=dict)
+    decisions: dict[int, str] = field(default_factory=dict)  # annotation id -> a reviewer's decision
 
     def by_image(self) -> Iterator[tuple[dict[str, Any], list[Label]]]:
         """(image record, its labels) for every image, in file order."""
