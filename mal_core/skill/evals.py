@@ -94,6 +94,7 @@ def _write_checkpoints(folder: Path, spec: dict[str, Any]) -> None:
     for name in spec.get("checkpoints", []):
         _join(folder, name).write_bytes(b"fixture checkpoint: dry runs never open it")
     for name in spec.get("files", []):
+        _join(folder, name).parent.mkdir(parents=True, exist_ok=True)
         _join(folder, name).write_bytes(b"fixture file: dry runs never open it")
     for name in spec.get("folders", []):  # e.g. a pretrain job's pretrained_model/
         _join(folder, name).mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,8 @@ def _write_job(jobs: Path, job_id: str, spec: dict[str, Any]) -> None:
         trial_dir = _join(job_dir / "trials", trial["trial_id"])
         _write_checkpoints(trial_dir, trial)
         record["automl"] = {"best_trial": {"trial_id": trial["trial_id"], "results_dir": str(trial_dir)}}
+    if spec.get("artifacts"):  # name -> a file of the job folder, recorded with its full path
+        record["artifacts"] = {name: str(_join(job_dir, rel)) for name, rel in spec["artifacts"].items()}
     (job_dir / "job.json").write_text(json.dumps(record))
     if spec.get("spec"):  # the resolved spec the job ran with (a child job may copy keys of it)
         import yaml
@@ -136,7 +139,7 @@ def build_fixtures(fixtures: dict[str, Any], workdir: Path) -> dict[str, str]:
         _write_dataset(_join(data, name))
     jobs.mkdir(parents=True, exist_ok=True)
     for job_id, spec in fixtures.get("jobs", {}).items():
-        _write_job(jobs, job_id, spec)
+        _write_job(jobs, job_id, _subst(spec, {"{data}": str(data)}))
     return {"{data}": str(data), "{jobs}": str(jobs)}
 
 
@@ -217,6 +220,8 @@ def _check_fixtures(path: Path, fixtures: Any) -> None:
                 raise _bad(path, f"{where}.{key}", "must be a string")
         if "spec" in spec and not isinstance(spec["spec"], dict):
             raise _bad(path, f"{where}.spec", "must be an object (the job's resolved spec tree)")
+        for name, rel in (spec.get("artifacts") or {}).items():
+            _check_name(path, f"{where}.artifacts.{name}", rel)
         if spec.get("best_trial") is not None:
             _check_job_files(path, f"{where}.best_trial", spec["best_trial"])
             _check_name(path, f"{where}.best_trial.trial_id", spec["best_trial"].get("trial_id"), single=True)
