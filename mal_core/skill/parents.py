@@ -152,13 +152,9 @@ def resolve_parent(jobs_root: Path, parent_id: str, choose: str | None = None,
 def parent_fills(jobs_root: Path, parent_id: str, fills: dict[str, str] | Any) -> dict[str, Any]:
     """Spec key -> value copied from the parent job: ``artifacts.<name>`` from its record, any other name from the
     spec it ran with (its ``spec.yaml``); keys whose source is missing or empty are left out."""
-    import yaml
-
     from mal_core.config.loader import get_dotted
 
-    path = jobs_root / parent_id / "spec.yaml"
-    data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    spec = data if isinstance(data, dict) else {}
+    spec = _spec_tree(jobs_root / parent_id / "spec.yaml") or {}
     artifacts = (read_job(jobs_root / parent_id) or {}).get("artifacts") or {}
     out = {}
     for key, source in fills.items():
@@ -172,14 +168,19 @@ def parent_fills(jobs_root: Path, parent_id: str, fills: dict[str, str] | Any) -
 def parent_spec(jobs_root: Path, parent_id: str) -> dict[str, Any] | None:
     """The resolved spec the parent trained with (its ``spec.yaml``), for a torch-free model-setting check; None for
     a parent whose action hands on a named artifact (its spec did not train the model)."""
-    import yaml
-
     folder, record, _trial = lookup_folder(jobs_root, parent_id, tuple(ACTIONS))
     if _artifact_producer(record) is not None:
         return None
     for path in (folder / "train_spec.yaml", jobs_root / parent_id / "spec.yaml"):
-        if path.is_file():
-            data = yaml.safe_load(path.read_text())
-            if isinstance(data, dict):
-                return data
+        tree = _spec_tree(path)
+        if tree is not None:
+            return tree
     return None
+
+
+def _spec_tree(path: Path) -> dict[str, Any] | None:
+    """The spec tree stored in a job's YAML file; None when the file is missing or holds no mapping."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return data if isinstance(data, dict) else None
